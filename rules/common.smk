@@ -1,0 +1,58 @@
+# Path helpers and config lookups only (no rules).
+import os
+
+
+def res(*parts):
+    """A path below the configured results folder."""
+    return os.path.join(config["results_dir"], *parts)
+
+
+def repo(*parts):
+    """A path inside this repository (for files shipped with the workflow)."""
+    return os.path.join(workflow.basedir, *parts)
+
+
+def model_inputs(wildcards):
+    """Files the model conversion depends on, so replacing them reruns it."""
+    from workflow_scripts.models.loading import resolve_source
+
+    src = resolve_source(config["model"]["source"])
+    if src.kind == "gguf":
+        return {"weights": os.path.join(src.location, src.gguf_file)}
+    if src.kind == "local":
+        return {"weights": os.path.join(src.location, "config.json")}
+    return {}
+
+
+def facts_inputs(wildcards):
+    source = config["facts"]["source"]
+    if source == "starter":
+        return {
+            "relations": repo("workflow_scripts/facts/starter/relations.yaml"),
+            "table": repo("workflow_scripts/facts/starter/facts.csv"),
+        }
+    if source == "counterfact":
+        return {"raw": res("downloads/counterfact.json")}
+    return {"raw": config["facts"]["path"]}
+
+
+def novel_inputs(wildcards):
+    """The LLM generator's prompt file is an input, so editing the prompt reruns it."""
+    if config["novel"]["generator"] == "llm":
+        return {"prompt": repo(config["novel"]["llm"]["prompt_file"])}
+    return {}
+
+
+def llm_params():
+    """LLM settings reach the job only when the LLM generator is used (so they rerun only it)."""
+    if config["novel"]["generator"] != "llm":
+        return {}
+    llm = dict(config["novel"]["llm"])
+    llm["prompt_file"] = repo(llm["prompt_file"])
+    return llm
+
+
+def print_summary(path):
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            print(fh.read())

@@ -1,0 +1,138 @@
+"""Teacher-forced exact match, batched and padding-correct.
+
+A fact counts as known only if, teacher-forced on ``prompt + " " + target``, every target token is
+the argmax of the model's next-token distribution at the position before it. Batches are padded on
+the right; only the target positions of each example are ever scored, so a fact scores the same alone
+or in any batch (the original code dropped the last target position of unpadded rows, so the longest
+example of every batch was always wrong).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    ids: list[int]  # prompt and target tokens (plus any special tokens the tokenizer adds in front)
+    target_start: int  # index of the first target token
+    target_end: int  # one past the last target token
+
+    @property
+    def n_target(self) -> int:
+        return self.target_end - self.target_start
+
+
+def encode_pair(tokenizer, prompt: str, target: str) -> EncodedPair:
+    """Tokenise ``prompt + " " + target`` and find which tokens belong to the target.
+
+    The joint text is tokenised once (so the tokens are those the model would see); target tokens
+    are those whose character span ends inside the target, found from the offsets.
+    """
+    prompt = prompt.rstrip()
+    target = target.strip()
+    if not prompt or not target:
+        raise ValueError(f"empty prompt or target: {prompt!r} / {target!r}")
+    text = f"{prompt} {target}"
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        idx = [i for i, (s, e) in enumerate(offsets) if e > len(prompt) and e > s]
+        if not idx:
+            raise ValueError(f"target {target!r} produced no tokens")
+        start, end = idx[0], idx[-1] + 1
+        if idx != list(range(start, end)):
+            raise ValueError(f"target tokens of {text!r} are not contiguous")
+    else:
+        p = tokenizer(prompt)["input_ids"]
+        t = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+        ids, start, end = p + t, len(p), len(p) + len(t)
+    if start < 1:
+        raise ValueError(f"prompt {prompt!r} produced no tokens before the target")
+    return EncodedPair(list(ids), start, end)
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to cut padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def score_targets(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Score each (prompt, target) pair; one row per pair, in input order.
+
+    Columns: ``correct`` (every target token is the argmax), ``first_token_prob`` and
+    ``first_token_rank`` (1 = argmax) of the first target token, ``mean_logprob`` over the target
+    tokens, ``n_target_tokens``.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    n = len(pairs)
+    out = {
+        "correct": np.zeros(n, dtype=bool),
+        "first_token_prob": np.zeros(n),
+        "first_token_rank": np.zeros(n, dtype=np.int64),
+        "mean_logprob": np.zeros(n),
+        "n_target_tokens": np.array([p.n_target for p in pairs], dtype=np.int64),
+    }
+    pad = _pad_id(tokenizer)
+    device = next(model.parameters()).device
+    batches = length_sorted_batches([len(p.ids) for p in pairs], batch_size)
+    for batch in tqdm(batches, desc="scoring", disable=not progress, mininterval=5):
+        width = max(len(pairs[i].ids) for i in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, i in enumerate(batch):
+            p = pairs[i]
+            input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
+            attention[row, : len(p.ids)] = 1
+            labels[row, p.target_start : p.target_end] = input_ids[row, p.target_start : p.target_end]
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        # position t predicts token t + 1
+        next_labels = labels[:, 1:].to(device)
+        mask = next_labels != -100
+        sel = logits[:, :-1][mask].float()  # (n target tokens in batch, vocab)
+        gold = next_labels[mask]
+        logp = torch.log_softmax(sel, dim=-1)
+        gold_logp = logp.gather(1, gold[:, None])[:, 0]
+        hit = sel.argmax(-1) == gold
+        rank = (sel > sel.gather(1, gold[:, None])).sum(-1) + 1
+        owner = torch.arange(len(batch), device=device)[:, None].expand_as(mask)[mask]
+        for row, i in enumerate(batch):
+            m = owner == row
+            out["correct"][i] = bool(hit[m].all())
+            out["mean_logprob"][i] = float(gold_logp[m].mean())
+            first = int(torch.nonzero(m)[0])
+            out["first_token_prob"][i] = float(gold_logp[first].exp())
+            out["first_token_rank"][i] = int(rank[first])
+    return pd.DataFrame(out)
+
+
+def accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> float:
+    """Fraction of pairs whose whole target is the teacher-forced argmax."""
+    if len(prompts) == 0:
+        return float("nan")
+    return float(score_targets(model, tokenizer, prompts, targets, batch_size)["correct"].mean())

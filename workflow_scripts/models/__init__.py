@@ -1,0 +1,1 @@
+"""Model loading, conversion and the per-architecture module map."""

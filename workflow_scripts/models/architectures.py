@@ -1,0 +1,143 @@
+"""The one place that knows module names.
+
+For each supported architecture family it lists where the transformer blocks live and which linear
+modules each block has, with a short, architecture-independent type name (``attn_q``, ``mlp_down``…).
+Everything else (hooks, neuron usage, masks) asks this module instead of hard-coding names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    family: str
+    blocks: str  # dotted attribute path from the *ForCausalLM model to the list of blocks
+    linear: tuple[tuple[str, str], ...]  # (module path inside a block, module type)
+
+
+LLAMA = BlockLayout(
+    family="llama",
+    blocks="model.layers",
+    linear=(
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_out"),
+        ("mlp.gate_proj", "mlp_gate"),
+        ("mlp.up_proj", "mlp_up"),
+        ("mlp.down_proj", "mlp_down"),
+    ),
+)
+
+GPT2 = BlockLayout(
+    family="gpt2",
+    blocks="transformer.h",
+    linear=(
+        ("attn.c_attn", "attn_qkv"),
+        ("attn.c_proj", "attn_out"),
+        ("mlp.c_fc", "mlp_in"),
+        ("mlp.c_proj", "mlp_out"),
+    ),
+)
+
+# config.model_type -> layout. Llama-style decoders share module names.
+LAYOUTS: dict[str, BlockLayout] = {
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+    "qwen3": LLAMA,
+    "gemma": LLAMA,
+    "gemma2": LLAMA,
+    "gemma3_text": LLAMA,
+    "olmo": LLAMA,
+    "olmo2": LLAMA,
+    "gpt2": GPT2,
+}
+
+
+@dataclass(frozen=True)
+class LinearModule:
+    """One tracked linear module: ``name`` is its full dotted name in the model."""
+
+    block: int
+    type: str
+    name: str
+    module: nn.Module
+
+    @property
+    def out_features(self) -> int:
+        return output_width(self.module)
+
+
+def layout_for(model: nn.Module) -> BlockLayout:
+    model_type = getattr(model.config, "model_type", None)
+    try:
+        return LAYOUTS[model_type]
+    except KeyError:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}; supported: {sorted(LAYOUTS)} "
+            "(add its block layout to workflow_scripts/models/architectures.py)"
+        ) from None
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    return model.get_submodule(layout_for(model).blocks)
+
+
+def linear_modules(model: nn.Module) -> list[LinearModule]:
+    """Every tracked linear module, block by block, in the layout's order."""
+    layout = layout_for(model)
+    out = []
+    for i, block in enumerate(model.get_submodule(layout.blocks)):
+        for path, mtype in layout.linear:
+            out.append(LinearModule(i, mtype, f"{layout.blocks}.{i}.{path}", block.get_submodule(path)))
+    return out
+
+
+def output_width(module: nn.Module) -> int:
+    """Number of output units (neurons): nn.Linear stores (out, in), GPT-2's Conv1D (in, out)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[1]
+    raise TypeError(f"not a linear module: {type(module).__name__}")
+
+
+def weight_is_transposed(module: nn.Module) -> bool:
+    """True for GPT-2's Conv1D, whose weight is (in_features, out_features)."""
+    return type(module).__name__ == "Conv1D"
+
+
+def count_neurons(model: nn.Module) -> int:
+    return sum(m.out_features for m in linear_modules(model))
+
+
+def describe(model: nn.Module) -> dict:
+    mods = linear_modules(model)
+    return {
+        "family": layout_for(model).family,
+        "n_blocks": len(blocks(model)),
+        "n_linear_modules": len(mods),
+        "n_neurons": sum(m.out_features for m in mods),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+__all__ = [
+    "BlockLayout",
+    "LinearModule",
+    "LAYOUTS",
+    "layout_for",
+    "blocks",
+    "linear_modules",
+    "output_width",
+    "weight_is_transposed",
+    "count_neurons",
+    "describe",
+]

@@ -57,6 +57,7 @@ class LLMSettings:
     model: str
     api_key_env: str | None
     prompt_file: str
+    response_format: str = "json_schema"
     facts_per_request: int = 5
     temperature: float = 0.7
     max_tokens: int = 600
@@ -99,6 +100,14 @@ def api_key(settings: LLMSettings) -> str:
     return key
 
 
+def response_format(style: str) -> dict:
+    if style == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "novel_facts", "schema": RESPONSE_SCHEMA}}
+    if style == "json_object":
+        return {"type": "json_object", "schema": RESPONSE_SCHEMA}
+    raise ValueError(f"unknown response_format {style!r}; use json_schema or json_object")
+
+
 class CachedChat:
     """Chat completions with an on-disk cache keyed by the request, and retries with backoff."""
 
@@ -128,10 +137,7 @@ class CachedChat:
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_tokens,
             "seed": seed,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "novel_facts", "schema": RESPONSE_SCHEMA},
-            },
+            "response_format": response_format(self.settings.response_format),
         }
         path = self.cache_dir / f"{self.request_key(request)}.json"
         if path.is_file():
@@ -175,8 +181,8 @@ def generate_llm_novel(
 ) -> tuple[list[dict], GenerationStats]:
     """Ask the LLM for fictional counterparts of ``n`` real facts; returns (records, stats).
 
-    Fewer than ``n`` records come back if the model keeps producing invalid items after trying
-    three times as many source facts as requested.
+    Fewer than ``n`` records (possibly none) come back if the model keeps producing invalid items
+    after being shown three times as many source facts as requested.
     """
     stats = GenerationStats()
     chat = CachedChat(settings, stats, client)
@@ -241,13 +247,10 @@ def generate_llm_novel(
             if len(accepted) >= n:
                 break
     stats.accepted = len(accepted)
-    if not accepted:
-        raise RuntimeError(
-            f"the LLM produced no valid novel facts ({stats.rejected_invalid} invalid, "
-            f"{stats.rejected_duplicate} duplicate items in {stats.requests + stats.cache_hits} responses)"
-        )
     if len(accepted) < n:
         log.warning("only %d of %d novel facts were valid", len(accepted), n)
+    if not accepted:
+        return [], stats
     names = NameMaker(seed, reserved=reserved | used)
     recs = build_novel_records([a[0] for a in accepted], [a[1] for a in accepted], names, "llm")
     return recs, stats

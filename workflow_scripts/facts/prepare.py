@@ -74,6 +74,8 @@ def generate_novel(
         settings = LLMSettings(**(llm or {}))
         novel, st = generate_llm_novel(records, n, seed, settings)
         stats = {"generator": generator, "model": settings.model, **st.__dict__}
+        if not novel:
+            raise RuntimeError(f"the LLM produced no valid novel facts: {json.dumps(stats)}")
     else:
         raise ValueError(f"unknown novel-fact generator {generator!r}")
     write_facts(novel, out_path)

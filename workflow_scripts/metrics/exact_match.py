@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workflow_scripts.models.architectures import body_and_head
+
 
 @dataclass(frozen=True)
 class EncodedPair:
@@ -71,6 +73,18 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def target_logits(model, input_ids, attention_mask, mask) -> torch.Tensor:
+    """Logits (float32) at the positions ``mask`` selects among ``[:, :-1]``, i.e. those predicting
+    target tokens. The vocabulary projection runs only there when the architecture allows it."""
+    parts = body_and_head(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, :-1][mask].float()
+    body, head = parts
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return head(hidden[:, :-1][mask]).float()
+
+
 @torch.no_grad()
 def score_targets(
     model,
@@ -110,11 +124,10 @@ def score_targets(
             input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
             attention[row, : len(p.ids)] = 1
             labels[row, p.target_start : p.target_end] = input_ids[row, p.target_start : p.target_end]
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         # position t predicts token t + 1
         next_labels = labels[:, 1:].to(device)
         mask = next_labels != -100
-        sel = logits[:, :-1][mask].float()  # (n target tokens in batch, vocab)
+        sel = target_logits(model, input_ids.to(device), attention.to(device), mask)
         gold = next_labels[mask]
         logp = torch.log_softmax(sel, dim=-1)
         gold_logp = logp.gather(1, gold[:, None])[:, 0]

@@ -113,6 +113,22 @@ def weight_is_transposed(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+# Families whose logits are exactly lm_head(final hidden state): no soft-capping or scaling.
+_PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "gpt2"}
+
+
+def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(transformer body, LM head) when logits are plainly ``head(body(x).last_hidden_state)``.
+
+    Lets callers compute the large vocabulary projection only at the positions they need.
+    Returns None for architectures that post-process logits.
+    """
+    if getattr(model.config, "model_type", None) not in _PLAIN_HEAD:
+        return None
+    head = model.get_output_embeddings()
+    return (model.base_model, head) if head is not None else None
+
+
 def count_neurons(model: nn.Module) -> int:
     return sum(m.out_features for m in linear_modules(model))
 
@@ -138,6 +154,7 @@ __all__ = [
     "linear_modules",
     "output_width",
     "weight_is_transposed",
+    "body_and_head",
     "count_neurons",
     "describe",
 ]

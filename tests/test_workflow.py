@@ -1,0 +1,118 @@
+"""End to end: the Snakemake workflow on a tiny model in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from workflow_scripts.facts.schema import FACT_SCHEMA
+
+from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
+           str(workdir / "config.yaml"), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def write_config(workdir: Path, model_dir: Path, **changes) -> None:
+    cfg = {
+        "model": {"source": str(model_dir)},
+        "facts": {"source": "starter", "limit": E2E_FACTS},
+        "novel": {"n": E2E_NOVEL, "seed": E2E_SEED},
+        "probe": {"batch_size": 8},
+    }
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
+    return {rule for rule in RULES if f"rule {rule}:" in proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dirs):
+    workdir = tmp_path_factory.mktemp("e2e")
+    write_config(workdir, tiny_model_dirs["gpt2"])
+    proc = snakemake(workdir, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir, proc
+
+
+@pytest.mark.slow
+def test_every_output_is_produced(finished_run):
+    workdir, proc = finished_run
+    res = workdir / "results"
+    assert (res / "model" / "model.safetensors").is_file()
+    facts = pq.read_table(res / "facts" / "facts.parquet")
+    novel = pq.read_table(res / "facts" / "novel.parquet")
+    assert facts.schema.equals(FACT_SCHEMA) and novel.schema.equals(FACT_SCHEMA)
+    assert (facts.num_rows, novel.num_rows) == (E2E_FACTS, E2E_NOVEL)
+    for factset, n in (("facts", E2E_FACTS), ("novel", E2E_NOVEL)):
+        probe = pd.read_parquet(res / "probe" / f"{factset}.parquet")
+        assert len(probe) == 2 * n
+        assert set(probe.target_kind) == {"true", "new"}
+        assert probe.first_token_prob.between(0, 1).all() and (probe.first_token_rank >= 1).all()
+    summary = pd.read_csv(res / "report" / "familiarity.csv")
+    assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
+    assert (res / "figures" / "known_by_relation.png").read_bytes()[:4] == b"\x89PNG"
+    assert "# Familiarity probe" in proc.stdout  # the summary is printed at the end
+    for rule in ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity_facts",
+                 "probe_familiarity_novel", "report_probe"]:
+        assert (res / "logs" / f"{rule}.log").is_file()
+        assert len((res / "benchmarks" / f"{rule}.tsv").read_text().splitlines()) == 2
+    assert not list(res.rglob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run, tiny_model_dirs):
+    workdir, _ = finished_run
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-2000:]
+
+    write_config(workdir, tiny_model_dirs["gpt2"], probe__batch_size=4)
+    proc = snakemake(workdir, "-n")
+    assert planned_rules(proc) == {"probe_familiarity", "report_probe"}, proc.stdout[-3000:]
+
+    write_config(workdir, tiny_model_dirs["gpt2"], novel__seed=99)
+    proc = snakemake(workdir, "-n")
+    assert planned_rules(proc) == {"generate_novel_facts", "probe_familiarity", "report_probe"}
+    assert "probe_familiarity_novel.log" in proc.stdout and "probe_familiarity_facts.log" not in proc.stdout
+    write_config(workdir, tiny_model_dirs["gpt2"])  # restore
+
+
+@pytest.mark.slow
+def test_bad_config_stops_before_any_job(tmp_path, tiny_model_dirs):
+    write_config(tmp_path, tiny_model_dirs["gpt2"], probe__batch_size="eight")
+    proc = snakemake(tmp_path, "--cores", "1")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "probe.batch_size" in out and "expected integer" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_bad_facts_file_fails_without_partial_output(tmp_path, tiny_model_dirs):
+    bad = REPO.parent / "shared" / "data" / "conflictaware" / "dataset" / "dataset_generation" / "synthetic_gen" / "unknown_phrases.json"
+    if not bad.exists():
+        pytest.skip("shared data not present")
+    write_config(tmp_path, tiny_model_dirs["gpt2"], facts__source="file", facts__path=str(bad), facts__limit=None)
+    proc = snakemake(tmp_path, "--cores", "1", "prepare_facts")
+    assert proc.returncode != 0
+    log = (tmp_path / "results" / "logs" / "prepare_facts.log").read_text()
+    assert "unknown_phrases.json: invalid JSON at line" in log
+    assert not (tmp_path / "results" / "facts").exists() or not any((tmp_path / "results" / "facts").iterdir())

@@ -1,0 +1,1 @@
+"""The one training routine every arm uses, and per-neuron usage accumulation."""

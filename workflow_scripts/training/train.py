@@ -1,0 +1,164 @@
+"""The one training routine: the same optimiser, schedule, clipping and batching for every arm.
+
+- Loss on answer tokens only (never prompt or padding), each fact weighted equally; the language-model
+  head runs only at the positions that predict answer tokens.
+- Batches are bucketed by length (little padding) and their order is shuffled with the seed.
+- AdamW (fused on CPU), constant or linear schedule with warm-up, gradient-norm clipping.
+- An optional per-parameter update mask: masked-out entries are restored after every optimiser step,
+  so they never move, whatever the weight decay or optimiser state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from workflow_scripts.metrics.exact_match import EncodedPair, _pad_id, accuracy, encode_pair, target_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    schedule: str = "constant"  # "constant" | "linear" (to zero)
+    warmup_steps: int = 0
+    seed: int = 0
+    stop_at_accuracy: float | None = None  # stop after the epoch where training accuracy reaches it
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"lr, epochs and batch_size must be positive: {self}")
+
+
+def length_bucketed_batches(pairs: Sequence[EncodedPair], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of similar-length examples; random order inside equal lengths and across batches."""
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: len(pairs[i].ids))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int):
+    """(input_ids, attention_mask, answer_mask) where answer_mask[:, t] marks positions t < T-1 whose
+    next token is an answer token."""
+    width = max(len(pairs[i].ids) for i in idx)
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(idx), width), dtype=torch.long)
+    answer = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+    for row, i in enumerate(idx):
+        p = pairs[i]
+        input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
+        attention[row, : len(p.ids)] = 1
+        answer[row, p.target_start - 1 : p.target_end - 1] = True
+    return input_ids, attention, answer
+
+
+def answer_loss(model, input_ids, attention, answer) -> torch.Tensor:
+    """Mean over facts of the mean cross-entropy over each fact's answer tokens."""
+    logits = target_logits(model, input_ids, attention, answer)
+    gold = input_ids[:, 1:][answer]
+    token_loss = F.cross_entropy(logits, gold, reduction="none")
+    owner = torch.arange(len(input_ids))[:, None].expand_as(answer)[answer]
+    per_fact = torch.zeros(len(input_ids)).index_add_(0, owner, token_loss)
+    counts = torch.bincount(owner, minlength=len(input_ids)).clamp(min=1)
+    return (per_fact / counts).mean()
+
+
+def train(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    cfg: TrainConfig,
+    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None,
+    update_mask: dict[str, torch.Tensor] | None = None,
+    tracker=None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Fine-tune ``model`` in place on (prompt, target) facts; returns one dict per epoch.
+
+    ``trainable(name, param)`` selects the parameters to optimise (default: all). ``update_mask``
+    maps parameter names to boolean tensors broadcastable to the parameter: only True entries change.
+    ``tracker`` (a :class:`~workflow_scripts.training.usage.UsageTracker`, already entered) receives the
+    answer positions of every batch.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    pad = _pad_id(tokenizer)
+    named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable is None or trainable(n, p))
+    params = [p for _, p in named]
+    masks = {n: m.to(dtype=torch.bool) for n, m in (update_mask or {}).items()}
+    masked = [(p, masks[n]) for n, p in named if n in masks]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
+    )
+    steps_per_epoch = -(-len(pairs) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "linear":
+            return max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
+        return 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    history = []
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        start, losses = time.perf_counter(), []
+        for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
+            input_ids, attention, answer = collate(pairs, idx, pad)
+            if tracker is not None:
+                tracker.positions = torch.cat([answer, torch.zeros(len(idx), 1, dtype=torch.bool)], 1)
+            loss = answer_loss(model, input_ids, attention, answer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            frozen = [(p, m, p.detach().clone()) for p, m in masked]
+            optimizer.step()
+            with torch.no_grad():
+                for p, m, old in frozen:
+                    p.copy_(torch.where(m, p, old))
+            scheduler.step()
+            losses.append(loss.item())
+        model.eval()
+        record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
+        if cfg.stop_at_accuracy is not None or on_epoch is not None:
+            record["train_accuracy"] = accuracy(model, tokenizer, prompts, targets, batch_size=64)
+        history.append(record)
+        log.info("epoch %d: %s", epoch, record)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if cfg.stop_at_accuracy is not None and record["train_accuracy"] >= cfg.stop_at_accuracy:
+            break
+        model.train()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if tracker is not None:
+        tracker.positions = None
+    return history
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -24,6 +24,7 @@ include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/facts.smk"
 include: "rules/probe.smk"
+include: "rules/awareness.smk"
 
 
 rule all:
@@ -32,7 +33,10 @@ rule all:
         res("report/familiarity.md"),
         res("figures/known_by_relation.png"),
         res("facts/novel_stats.json"),
+        res("report/awareness.md"),
+        expand(res("awareness/{setting}/classifier.skops"), setting=config["awareness"]["settings"]),
 
 
 onsuccess:
     print_summary(res("report/familiarity.md"))
+    print_summary(res("report/awareness.md"), max_lines=30)

@@ -52,7 +52,24 @@ def llm_params():
     return llm
 
 
-def print_summary(path):
+def training_params(epochs, **extra):
+    """The shared training settings plus a stage's epochs (one dict, so any change reruns the stage)."""
+    return {**config["training"], "epochs": epochs, **extra}
+
+
+def awareness_known_table(wildcards):
+    """Which facts count as known: the base model's probe, or the fine-tuned model's."""
+    if wildcards.setting == "pretrained":
+        return res("probe/facts.parquet")
+    return res("awareness/finetuned_known.parquet")
+
+
+def awareness_model(wildcards):
+    return res("model") if wildcards.setting == "pretrained" else res("models/awareness_finetuned")
+
+
+def print_summary(path, max_lines=None):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
-            print(fh.read())
+            lines = fh.read().splitlines()
+        print("\n".join(lines[:max_lines]))

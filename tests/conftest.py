@@ -62,6 +62,24 @@ def tiny(request, tiny_model_dirs):
     return request.param, model, tokenizer
 
 
+@pytest.fixture(scope="session")
+def pretrained_tiny_dir(tmp_path_factory, tiny_model_dirs, starter):
+    """The tiny GPT-2 after learning the first half of the end-to-end facts, so that the pre-trained
+    setting has familiar facts."""
+    from workflow_scripts.facts.schema import flat_facts
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.training.train import TrainConfig, train
+
+    model, tok = load_model(tiny_model_dirs["gpt2"])
+    flat = flat_facts(starter[: E2E_FACTS // 2])
+    train(model, tok, flat.prompt.tolist(), flat.target_true.tolist(),
+          TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
+    out = tmp_path_factory.mktemp("pretrained_tiny") / "gpt2"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def shared_file(*parts) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

@@ -17,7 +17,10 @@ from workflow_scripts.facts.schema import FACT_SCHEMA
 from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe"]
+RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
+         "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
+         "awareness_classify", "awareness_report"]
+AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -33,6 +36,9 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "facts": {"source": "starter", "limit": E2E_FACTS},
         "novel": {"n": E2E_NOVEL, "seed": E2E_SEED},
         "probe": {"batch_size": 8},
+        "training": {"lr": 0.003, "batch_size": 8},
+        "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
+                      "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
     }
     for key, value in changes.items():
         section, name = key.split("__")
@@ -45,9 +51,9 @@ def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model_dirs):
+def finished_run(tmp_path_factory, pretrained_tiny_dir):
     workdir = tmp_path_factory.mktemp("e2e")
-    write_config(workdir, tiny_model_dirs["gpt2"])
+    write_config(workdir, pretrained_tiny_dir)
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return workdir, proc
@@ -67,32 +73,46 @@ def test_every_output_is_produced(finished_run):
         assert len(probe) == 2 * n
         assert set(probe.target_kind) == {"true", "new"}
         assert probe.first_token_prob.between(0, 1).all() and (probe.first_token_rank >= 1).all()
+    metrics = pd.read_parquet(res / "awareness" / "metrics.parquet")
+    assert set(metrics.setting) == {"pretrained", "finetuned"} and set(metrics.probe) == {"prompt", "paraphrase"}
+    assert {"accuracy", "macro_f1", "fam_vs_diss_accuracy", "feature_set", "normalisation", "classifier", "seed"} <= set(metrics.columns)
+    assert set(metrics.seed) == {0, 1} and metrics.accuracy.between(0, 1).all()
+    for figure in ("awareness_confusion", "awareness_feature_sets", "awareness_importance", "awareness_distributions"):
+        assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    for setting in ("pretrained", "finetuned"):
+        assert (res / "awareness" / setting / "classifier.skops").is_file()
+    assert (res / "usage" / "history_H.safetensors").is_file()
     summary = pd.read_csv(res / "report" / "familiarity.csv")
     assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
     assert (res / "figures" / "known_by_relation.png").read_bytes()[:4] == b"\x89PNG"
     assert "# Familiarity probe" in proc.stdout  # the summary is printed at the end
     for rule in ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity_facts",
-                 "probe_familiarity_novel", "report_probe"]:
+                 "probe_familiarity_novel", "report_probe", "awareness_slices", "history_usage", "finetune_awareness",
+                 "awareness_samples_pretrained", "awareness_features_finetuned", "awareness_classify_pretrained",
+                 "awareness_report"]:
         assert (res / "logs" / f"{rule}.log").is_file()
         assert len((res / "benchmarks" / f"{rule}.tsv").read_text().splitlines()) == 2
     assert not list(res.rglob(".*.tmp"))  # no temporary file left behind
 
 
 @pytest.mark.slow
-def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run, tiny_model_dirs):
+def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run, pretrained_tiny_dir):
     workdir, _ = finished_run
     proc = snakemake(workdir, "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-2000:]
 
-    write_config(workdir, tiny_model_dirs["gpt2"], probe__batch_size=4)
+    # the probe's batch size: the probe jobs, and only what reads their outputs
+    write_config(workdir, pretrained_tiny_dir, probe__batch_size=4)
     proc = snakemake(workdir, "-n")
-    assert planned_rules(proc) == {"probe_familiarity", "report_probe"}, proc.stdout[-3000:]
+    assert planned_rules(proc) == {"probe_familiarity", "report_probe"} | AWARENESS_DOWNSTREAM, proc.stdout[-3000:]
+    assert "probe_familiarity_facts.log" in proc.stdout and "probe_familiarity_novel.log" in proc.stdout
 
-    write_config(workdir, tiny_model_dirs["gpt2"], novel__seed=99)
+    # the novel-fact seed: novel facts and their consumers, not the model, the facts or any fine-tune
+    write_config(workdir, pretrained_tiny_dir, novel__seed=99)
     proc = snakemake(workdir, "-n")
-    assert planned_rules(proc) == {"generate_novel_facts", "probe_familiarity", "report_probe"}
+    assert planned_rules(proc) == {"generate_novel_facts", "probe_familiarity", "report_probe"} | AWARENESS_DOWNSTREAM
     assert "probe_familiarity_novel.log" in proc.stdout and "probe_familiarity_facts.log" not in proc.stdout
-    write_config(workdir, tiny_model_dirs["gpt2"])  # restore
+    write_config(workdir, pretrained_tiny_dir)  # restore
 
 
 @pytest.mark.slow

@@ -1,0 +1,185 @@
+rule awareness_slices:
+    """Disjoint seeded slices of the facts: H (history usage) and F (fine-tuned setting)."""
+    input:
+        facts=res("facts/facts.parquet"),
+    output:
+        slices=res("awareness/slices.parquet"),
+    params:
+        sizes={"H": config["awareness"]["n_history"], "F": config["awareness"]["n_finetune"]},
+        seed=config["awareness"]["slice_seed"],
+    log:
+        res("logs/awareness_slices.log"),
+    benchmark:
+        res("benchmarks/awareness_slices.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/slice_facts.py"
+
+
+rule history_usage:
+    """Fine-tune a copy of the base model on H and record per-neuron usage (historical usage)."""
+    input:
+        model=res("model"),
+        facts=res("facts/facts.parquet"),
+        slices=res("awareness/slices.parquet"),
+    output:
+        usage=res("usage/history_H.safetensors"),
+        history=res("awareness/history_training.parquet"),
+    params:
+        slice="H",
+        training=training_params(config["awareness"]["history_epochs"]),
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    log:
+        res("logs/history_usage.log"),
+    benchmark:
+        res("benchmarks/history_usage.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/finetune_slice.py"
+
+
+rule finetune_awareness:
+    """Fine-tune the base model on F until it knows them (the fine-tuned setting's model)."""
+    input:
+        model=res("model"),
+        facts=res("facts/facts.parquet"),
+        slices=res("awareness/slices.parquet"),
+    output:
+        model_dir=directory(res("models/awareness_finetuned")),
+        history=res("awareness/finetuned_training.parquet"),
+        known=res("awareness/finetuned_known.parquet"),
+    params:
+        slice="F",
+        training=training_params(config["awareness"]["finetune_epochs"], stop_at_accuracy=1.0),
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    log:
+        res("logs/finetune_awareness.log"),
+    benchmark:
+        res("benchmarks/finetune_awareness.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/finetune_slice.py"
+
+
+rule awareness_samples:
+    """Balanced novel / familiar / dissonant probe texts of one setting."""
+    input:
+        facts=res("facts/facts.parquet"),
+        novel=res("facts/novel.parquet"),
+        slices=res("awareness/slices.parquet"),
+        known=awareness_known_table,
+    output:
+        samples=res("awareness/{setting}/samples.parquet"),
+    wildcard_constraints:
+        setting="pretrained|finetuned",
+    params:
+        setting=lambda wc: wc.setting,
+        n_per_class=config["awareness"]["n_per_class"],
+        seed=config["awareness"]["slice_seed"],
+    log:
+        res("logs/awareness_samples_{setting}.log"),
+    benchmark:
+        res("benchmarks/awareness_samples_{setting}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/awareness_samples.py"
+
+
+rule awareness_features:
+    """Activations, gradients (every linear module) and output-only features of every probe text."""
+    input:
+        model=awareness_model,
+        samples=res("awareness/{setting}/samples.parquet"),
+        usage=res("usage/history_H.safetensors"),
+    output:
+        features=res("awareness/{setting}/features.parquet"),
+        catalog=res("awareness/{setting}/feature_catalog.parquet"),
+    wildcard_constraints:
+        setting="pretrained|finetuned",
+    params:
+        batch_size=config["awareness"]["feature_batch_size"],
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    log:
+        res("logs/awareness_features_{setting}.log"),
+    benchmark:
+        res("benchmarks/awareness_features_{setting}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/awareness_features.py"
+
+
+rule awareness_classify:
+    """Classifiers (grouped CV), normalisation and feature-set ablations, best classifier (skops)."""
+    input:
+        samples=res("awareness/{setting}/samples.parquet"),
+        features=res("awareness/{setting}/features.parquet"),
+        catalog=res("awareness/{setting}/feature_catalog.parquet"),
+    output:
+        metrics=res("awareness/{setting}/metrics.parquet"),
+        confusion=res("awareness/{setting}/confusion.parquet"),
+        importance=res("awareness/{setting}/importance.parquet"),
+        model=res("awareness/{setting}/classifier.skops"),
+        model_info=res("awareness/{setting}/classifier.json"),
+    wildcard_constraints:
+        setting="pretrained|finetuned",
+    params:
+        setting=lambda wc: wc.setting,
+        seeds=config["awareness"]["seeds"],
+        classifiers=config["awareness"]["classifiers"],
+        ablation_classifier=config["awareness"]["ablation_classifier"],
+        test_fraction=config["awareness"]["test_fraction"],
+        block_ranges=config["awareness"]["block_ranges"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        res("logs/awareness_classify_{setting}.log"),
+    benchmark:
+        res("benchmarks/awareness_classify_{setting}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/awareness_classify.py"
+
+
+rule awareness_report:
+    """One metrics table for the experiment, a readable summary, and the figures."""
+    input:
+        metrics=expand(res("awareness/{setting}/metrics.parquet"), setting=config["awareness"]["settings"]),
+        confusion=expand(res("awareness/{setting}/confusion.parquet"), setting=config["awareness"]["settings"]),
+        importance=expand(res("awareness/{setting}/importance.parquet"), setting=config["awareness"]["settings"]),
+        samples=expand(res("awareness/{setting}/samples.parquet"), setting=config["awareness"]["settings"]),
+        features=expand(res("awareness/{setting}/features.parquet"), setting=config["awareness"]["settings"]),
+        catalog=expand(res("awareness/{setting}/feature_catalog.parquet"), setting=config["awareness"]["settings"]),
+    output:
+        metrics=res("awareness/metrics.parquet"),
+        summary=res("report/awareness.md"),
+        csv=res("report/awareness.csv"),
+        confusion=report(res("figures/awareness_confusion.png"), caption="../report/awareness_confusion.rst", category="Dissonance awareness"),
+        feature_sets=report(res("figures/awareness_feature_sets.png"), caption="../report/awareness_feature_sets.rst", category="Dissonance awareness"),
+        importance=report(res("figures/awareness_importance.png"), caption="../report/awareness_importance.rst", category="Dissonance awareness"),
+        distributions=report(res("figures/awareness_distributions.png"), caption="../report/awareness_distributions.rst", category="Dissonance awareness"),
+    params:
+        settings=config["awareness"]["settings"],
+    log:
+        res("logs/awareness_report.log"),
+    benchmark:
+        res("benchmarks/awareness_report.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/awareness_report.py"

@@ -1,0 +1,1 @@
+"""Dissonance awareness: tell novel, familiar and dissonant facts apart from a model's internals."""

@@ -1,0 +1,1 @@
+"""Per-input features: internal (activations and gradients of every linear module) and output-only."""

@@ -1,0 +1,165 @@
+"""Internal features of a probe text, from one forward and one backward pass (no update).
+
+For every tracked linear module of every block (``models.architectures``):
+- activation = the module's output at the last token;
+- gradient = the gradient of the language-model loss (mean next-token cross-entropy over the text)
+  with respect to the module's output at the position that predicts the last token.
+Each vector is summarised by 7 statistics (mean, std, min, 25th percentile, median, 75th percentile,
+max) under three normalisations: ``raw``; ``zscore`` (the module's output, or gradient, z-scored over
+all of the text's tokens and units before taking the position); ``usage`` (raw divided per neuron by
+historical usage, scaled to mean 1).
+
+Batches are right-padded; the loss is a per-text sum, so texts never interact and a batch gives the
+same features as one text at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches
+from workflow_scripts.models.architectures import linear_modules
+
+STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")
+MODALITIES = ("activation", "gradient")
+NORMALISATIONS = ("raw", "zscore", "usage")
+_QUANTILES = torch.tensor([0.25, 0.5, 0.75])
+
+
+def vector_statistics(x: torch.Tensor) -> torch.Tensor:
+    """(batch, units) -> (batch, 7) in the order of STATISTICS."""
+    x = x.float()
+    q = torch.quantile(x, _QUANTILES.to(x.device), dim=1)  # (3, batch)
+    return torch.stack([x.mean(1), x.std(1, correction=0), x.amin(1), q[0], q[1], q[2], x.amax(1)], dim=1)
+
+
+@dataclass(frozen=True)
+class FeatureIndex:
+    """Names of the module axis of the feature array."""
+
+    module_names: tuple[str, ...]
+    module_types: tuple[str, ...]
+    blocks: tuple[int, ...]
+
+    def columns(self) -> pd.DataFrame:
+        """One row per feature column of ``flatten``: normalisation, modality, module, block, statistic."""
+        rows = [
+            (norm, mod, mtype, block, stat)
+            for norm in NORMALISATIONS
+            for mod in MODALITIES
+            for mtype, block in zip(self.module_types, self.blocks)
+            for stat in STATISTICS
+        ]
+        return pd.DataFrame(rows, columns=["normalisation", "modality", "module", "block", "statistic"])
+
+
+def _masked_zscore(full: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per text mean and std over its real tokens and all units. full: (B, T, D), mask: (B, T)."""
+    m = mask[:, :, None].to(full.dtype)
+    n = m.sum((1, 2)) * full.shape[-1]
+    mu = (full * m).sum((1, 2)) / n
+    var = (((full - mu[:, None, None]) ** 2) * m).sum((1, 2)) / n
+    return mu, var.clamp_min(1e-12).sqrt()
+
+
+def internal_features(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    usage: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, FeatureIndex]:
+    """Features of each text: array (texts, normalisations, modalities, modules, statistics), float32.
+
+    Without ``usage`` the ``usage`` normalisation equals ``raw``.
+    """
+    modules = linear_modules(model)
+    index = FeatureIndex(
+        tuple(m.name for m in modules), tuple(m.type for m in modules), tuple(m.block for m in modules)
+    )
+    scale = {}
+    for m in modules:
+        u = usage[m.name].float() if usage is not None else torch.ones(m.out_features)
+        u = u.abs() + 1e-8
+        scale[m.name] = u / u.mean()
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    for t, ids in zip(texts, encoded):
+        if len(ids) < 2:
+            raise ValueError(f"probe text {t!r} has fewer than 2 tokens")
+    out = np.zeros((len(texts), len(NORMALISATIONS), len(MODALITIES), len(modules), len(STATISTICS)), np.float32)
+    pad = _pad_id(tokenizer)
+    embed = model.get_input_embeddings()
+    was_training = model.training
+    model.eval()
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for batch in tqdm(length_sorted_batches([len(e) for e in encoded], batch_size), desc="features",
+                          disable=not progress, mininterval=5):
+            _extract_batch(model, embed, modules, scale, [encoded[i] for i in batch], pad, out, batch)
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+        model.train(was_training)
+    return out, index
+
+
+def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> None:
+    b = len(ids_list)
+    width = max(len(x) for x in ids_list)
+    input_ids = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.bool)
+    for r, ids in enumerate(ids_list):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = True
+    lengths = mask.sum(1)
+    ar = torch.arange(b)
+    last, before_last = lengths - 1, lengths - 2
+    results: dict[tuple[int, int], torch.Tensor] = {}  # (modality, module index) -> (b, norms, 7)
+
+    def summarise(vec, full, name):
+        mu, sd = _masked_zscore(full.detach(), mask)
+        return torch.stack(
+            [
+                vector_statistics(vec),
+                vector_statistics((vec - mu[:, None]) / sd[:, None]),
+                vector_statistics(vec / scale[name]),
+            ],
+            dim=1,
+        )
+
+    def make_hook(j, name):
+        def hook(module, inputs, output):
+            results[(0, j)] = summarise(output.detach()[ar, last], output, name)
+            output.register_hook(lambda g: results.__setitem__((1, j), summarise(g[ar, before_last], g, name)))
+
+        return hook
+
+    handles = [m.module.register_forward_hook(make_hook(j, m.name)) for j, m in enumerate(modules)]
+    try:
+        inputs_embeds = embed(input_ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=inputs_embeds, attention_mask=mask.long()).logits
+        next_mask = mask[:, 1:]
+        token_loss = F.cross_entropy(logits[:, :-1][next_mask].float(), input_ids[:, 1:][next_mask], reduction="none")
+        owner = ar[:, None].expand_as(next_mask)[next_mask]
+        per_text = torch.zeros(b).index_add_(0, owner, token_loss) / next_mask.sum(1)
+        per_text.sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    for (modality, j), stats in results.items():
+        out[rows, :, modality, j, :] = stats.numpy()
+
+
+def flatten(features: np.ndarray) -> np.ndarray:
+    """(texts, norms, modalities, modules, stats) -> (texts, columns) in the order of FeatureIndex.columns()."""
+    return features.reshape(features.shape[0], -1)

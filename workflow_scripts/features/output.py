@@ -1,0 +1,73 @@
+"""Output-only baseline features: what the next-token distributions alone say about a probe text.
+
+From the distributions after the full text and after dropping its last 1, 2 and 3 tokens:
+- the probability of the actual next token (for the three truncations; after the full text there
+  is no next token);
+- the top-k probabilities, sorted;
+- the entropy;
+- a histogram of the distribution: the share of the vocabulary in log-spaced probability bins.
+Every feature varies with the input (no constant indicator histograms, no meaningless entries).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches
+
+DROPS = (0, 1, 2, 3)
+TOP_K = 10
+HIST_EDGES = np.concatenate([[0.0], np.logspace(-8, 0, 9)])  # 9 bins: <1e-8, [1e-8,1e-7), ..., [0.1, 1]
+
+
+def output_feature_names() -> pd.DataFrame:
+    rows = []
+    for d in DROPS:
+        if d > 0:
+            rows.append((d, "p_next", 0))
+        rows += [(d, "top_prob", k + 1) for k in range(TOP_K)]
+        rows.append((d, "entropy", 0))
+        rows += [(d, "hist", b) for b in range(len(HIST_EDGES) - 1)]
+    return pd.DataFrame(rows, columns=["dropped_tokens", "feature", "index"])
+
+
+@torch.no_grad()
+def output_features(model, tokenizer, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    """(texts, features) float32, columns as in :func:`output_feature_names`.
+
+    Texts shorter than 5 tokens use their first position for the truncations that would go past it.
+    """
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    n_feat = len(output_feature_names())
+    out = np.zeros((len(texts), n_feat), np.float32)
+    pad = _pad_id(tokenizer)
+    edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
+    for batch in tqdm(length_sorted_batches([len(e) for e in encoded], batch_size), desc="output features",
+                      disable=not progress, mininterval=5):
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[r, : len(encoded[i])] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        for r, i in enumerate(batch):
+            n = len(encoded[i])
+            feats = []
+            for d in DROPS:
+                pos = max(0, n - 1 - d)
+                probs = torch.softmax(logits[r, pos], -1)
+                if d > 0:
+                    nxt = encoded[i][pos + 1]
+                    feats.append(probs[nxt].unsqueeze(0))
+                feats.append(torch.topk(probs, TOP_K).values)
+                feats.append(-(probs * torch.log(probs.clamp_min(1e-30))).sum().unsqueeze(0))
+                counts = torch.bincount(torch.bucketize(probs, edges, right=True), minlength=len(HIST_EDGES) - 1)
+                feats.append(counts.float() / probs.numel())
+            out[i] = torch.cat(feats).numpy()
+    return out

@@ -1,0 +1,72 @@
+"""Training stages as plain functions: fine-tune a model on a slice of facts, record usage, save."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.facts.schema import flat_facts, read_facts
+from workflow_scripts.io import atomic_dir, write_parquet
+from workflow_scripts.metrics import score_targets
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.training.train import TrainConfig, train
+from workflow_scripts.training.usage import UsageTracker, save_usage
+
+log = logging.getLogger(__name__)
+
+
+def slice_facts(case_ids: list[int], sizes: dict[str, int], seed: int) -> pd.DataFrame:
+    """Disjoint, uniformly drawn slices of the facts (seeded): case_id -> slice name ('rest' = unused)."""
+    total = sum(sizes.values())
+    if total > len(case_ids):
+        raise ValueError(f"slices {sizes} need {total} facts but only {len(case_ids)} are available")
+    order = sorted(case_ids)
+    random.Random(f"slices|{seed}").shuffle(order)
+    names, start = {}, 0
+    for name, size in sizes.items():
+        for cid in order[start : start + size]:
+            names[cid] = name
+        start += size
+    return pd.DataFrame({"case_id": sorted(case_ids), "slice": [names.get(c, "rest") for c in sorted(case_ids)]})
+
+
+def finetune_on_slice(
+    model_dir: str,
+    facts_path: str,
+    slices_path: str,
+    slice_name: str,
+    cfg: TrainConfig,
+    history_path: str,
+    out_model_dir: str | None = None,
+    usage_path: str | None = None,
+    known_path: str | None = None,
+) -> pd.DataFrame:
+    """Full fine-tune on one slice (prompt + target_true); optionally save model, usage and the
+    per-fact result after training (``known``: teacher-forced exact match on the slice)."""
+    model, tokenizer = load_model(model_dir, dtype="float32")
+    slices = pd.read_parquet(slices_path)
+    ids = set(slices.case_id[slices.slice == slice_name])
+    flat = flat_facts([r for r in read_facts(facts_path) if r["case_id"] in ids])
+    if flat.empty:
+        raise ValueError(f"slice {slice_name!r} is empty")
+    prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
+    if usage_path:
+        with UsageTracker(model) as tracker:
+            history = train(model, tokenizer, prompts, targets, cfg, tracker=tracker)
+        save_usage(tracker.scores(), usage_path, {"slice": slice_name, "facts": len(flat)})
+    else:
+        history = train(model, tokenizer, prompts, targets, cfg)
+    table = pd.DataFrame(history).assign(slice=slice_name, facts=len(flat))
+    write_parquet(table, history_path)
+    if known_path:
+        scores = score_targets(model, tokenizer, prompts, targets)
+        write_parquet(pd.concat([flat[["case_id"]], scores], axis=1), known_path)
+        log.info("after fine-tuning on %s: %.1f%% known", slice_name, 100 * scores.correct.mean())
+    if out_model_dir:
+        with atomic_dir(out_model_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    return table

@@ -73,6 +73,8 @@ def classify(setting: str, samples_path: str, features_path: str, catalog_path: 
         key = {"setting": setting, "probe": probe, "feature_set": feature_set, "normalisation": normalisation,
                "classifier": name, "seed": seed}
         rows.append({**key, **metrics})
+        log.info("%s: accuracy %.3f, familiar-vs-dissonant %.3f", key, metrics["accuracy"],
+                 metrics["fam_vs_diss_accuracy"])
         for i, t in enumerate(CLASSES):
             for j, p in enumerate(CLASSES):
                 confusions.append({**key, "true": t, "predicted": p, "count": int(cm[i, j])})

@@ -5,7 +5,8 @@ From the distributions after the full text and after dropping its last 1, 2 and 
   is no next token);
 - the top-k probabilities, sorted;
 - the entropy;
-- a histogram of the distribution: the share of the vocabulary in log-spaced probability bins.
+- a histogram of the distribution: the share of the vocabulary in log-spaced bins of probability
+  relative to uniform (p x vocabulary size), so the bins mean the same for any vocabulary.
 Every feature varies with the input (no constant indicator histograms, no meaningless entries).
 """
 
@@ -22,7 +23,7 @@ from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches
 
 DROPS = (0, 1, 2, 3)
 TOP_K = 10
-HIST_EDGES = np.concatenate([[0.0], np.logspace(-8, 0, 9)])  # 9 bins: <1e-8, [1e-8,1e-7), ..., [0.1, 1]
+HIST_EDGES = np.concatenate([[0.0], np.logspace(-3, 4, 8), [np.inf]])  # p*V: <1e-3, [1e-3,1e-2), ..., >=1e4
 
 
 def output_feature_names() -> pd.DataFrame:
@@ -67,7 +68,8 @@ def output_features(model, tokenizer, texts: Sequence[str], batch_size: int = 32
                     feats.append(probs[nxt].unsqueeze(0))
                 feats.append(torch.topk(probs, TOP_K).values)
                 feats.append(-(probs * torch.log(probs.clamp_min(1e-30))).sum().unsqueeze(0))
-                counts = torch.bincount(torch.bucketize(probs, edges, right=True), minlength=len(HIST_EDGES) - 1)
+                counts = torch.bincount(torch.bucketize(probs * probs.numel(), edges, right=True),
+                                        minlength=len(HIST_EDGES) - 1)
                 feats.append(counts.float() / probs.numel())
             out[i] = torch.cat(feats).numpy()
     return out

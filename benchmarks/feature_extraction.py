@@ -1,0 +1,55 @@
+"""Internal-feature extraction speed on the default model: batched vs one text at a time.
+
+Prints both times, the ratio, and the largest difference between the two feature arrays, then one
+line of name=value pairs. Uses results/model (run `make run` first) or converts the embedded model.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workflow_scripts.facts.schema import flat_facts  # noqa: E402
+from workflow_scripts.facts.starter import starter_records  # noqa: E402
+from workflow_scripts.features.internal import internal_features  # noqa: E402
+from workflow_scripts.models.loading import convert_model, load_model  # noqa: E402
+
+N_TEXTS = 96
+N_SINGLE = 24
+BATCH = 16
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    model_dir = Path("results/model")
+    if not (model_dir / "config.json").is_file():
+        model_dir = Path(tempfile.mkdtemp()) / "model"
+        convert_model("embedded:smollm2", model_dir)
+    model, tok = load_model(model_dir)
+    flat = flat_facts(starter_records()).sample(N_TEXTS, random_state=0)
+    texts = [f"{p} {t}" for p, t in zip(flat.prompt, flat.target_true)]
+    internal_features(model, tok, texts[:4], batch_size=4)  # warm-up
+    start = time.perf_counter()
+    batched, _ = internal_features(model, tok, texts, batch_size=BATCH)
+    batched_s = (time.perf_counter() - start) / N_TEXTS
+    start = time.perf_counter()
+    single = np.concatenate([internal_features(model, tok, [t], batch_size=1)[0] for t in texts[:N_SINGLE]])
+    single_s = (time.perf_counter() - start) / N_SINGLE
+    diff = float(np.abs(batched[:N_SINGLE] - single).max())
+    scale = float(np.abs(single).max())
+    print(f"batched (batch {BATCH}): {1000 * batched_s:.1f} ms per text over {N_TEXTS} texts")
+    print(f"one at a time:          {1000 * single_s:.1f} ms per text over {N_SINGLE} texts")
+    print(f"speed ratio: {single_s / batched_s:.2f}x; max |batched - single| = {diff:.2e} (max |feature| {scale:.1f})")
+    print(f"batched_ms_per_text={1000 * batched_s:.1f} single_ms_per_text={1000 * single_s:.1f} "
+          f"speedup={single_s / batched_s:.2f} max_abs_diff={diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from workflow_scripts.models.loading import convert_model, load_model  # noqa: E
 
 N_TEXTS = 96
 N_SINGLE = 24
-BATCH = 16
+BATCH = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     batched, _ = internal_features(model, tok, texts, batch_size=BATCH)
     batched_s = (time.perf_counter() - start) / N_TEXTS
     start = time.perf_counter()
-    single = np.concatenate([internal_features(model, tok, [t], batch_size=1)[0] for t in texts[:N_SINGLE]])
+    single, _ = internal_features(model, tok, texts[:N_SINGLE], batch_size=1)
     single_s = (time.perf_counter() - start) / N_SINGLE
     diff = float(np.abs(batched[:N_SINGLE] - single).max())
     scale = float(np.abs(single).max())

@@ -174,3 +174,13 @@ def test_classification_learns_is_deterministic_and_saves_safely(tmp_path):
     importance = pd.read_parquet(outs[0]["importance"])
     top = importance.groupby("modality").importance.sum()
     assert top["gradient"] > top["activation"]
+
+
+def test_statistics_match_numpy():
+    from workflow_scripts.features.internal import vector_statistics
+
+    x = torch.randn(5, 37)
+    got = vector_statistics(x).numpy()
+    a = x.numpy()
+    want = np.stack([a.mean(1), a.std(1), a.min(1), *np.percentile(a, [25, 50, 75], axis=1), a.max(1)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

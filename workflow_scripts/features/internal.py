@@ -24,20 +24,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches
+from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches, target_logits
 from workflow_scripts.models.architectures import linear_modules
 
 STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")
 MODALITIES = ("activation", "gradient")
 NORMALISATIONS = ("raw", "zscore", "usage")
-_QUANTILES = torch.tensor([0.25, 0.5, 0.75])
 
 
 def vector_statistics(x: torch.Tensor) -> torch.Tensor:
     """(batch, units) -> (batch, 7) in the order of STATISTICS."""
-    x = x.float()
-    q = torch.quantile(x, _QUANTILES.to(x.device), dim=1)  # (3, batch)
-    return torch.stack([x.mean(1), x.std(1, correction=0), x.amin(1), q[0], q[1], q[2], x.amax(1)], dim=1)
+    return _statistics(x.float())
 
 
 @dataclass(frozen=True)
@@ -62,11 +59,13 @@ class FeatureIndex:
 
 def _masked_zscore(full: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per text mean and std over its real tokens and all units. full: (B, T, D), mask: (B, T)."""
-    m = mask[:, :, None].to(full.dtype)
-    n = m.sum((1, 2)) * full.shape[-1]
-    mu = (full * m).sum((1, 2)) / n
-    var = (((full - mu[:, None, None]) ** 2) * m).sum((1, 2)) / n
-    return mu, var.clamp_min(1e-12).sqrt()
+    m = mask.to(full.dtype)
+    n = m.sum(1) * full.shape[-1]
+    per_token = torch.stack([full.sum(-1), (full * full).sum(-1)], -1)  # (B, T, 2)
+    sums = torch.einsum("btk,bt->bk", per_token.double(), m.double())
+    mu = sums[:, 0] / n
+    var = sums[:, 1] / n - mu * mu
+    return mu.float(), var.clamp_min(1e-24).sqrt().float()
 
 
 def internal_features(
@@ -124,40 +123,66 @@ def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> No
     lengths = mask.sum(1)
     ar = torch.arange(b)
     last, before_last = lengths - 1, lengths - 2
-    results: dict[tuple[int, int], torch.Tensor] = {}  # (modality, module index) -> (b, norms, 7)
+    # (modality, module index) -> (vector at the position (b, units), text mean (b,), text std (b,))
+    captured: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def summarise(vec, full, name):
+    def capture(key, full, position):
         mu, sd = _masked_zscore(full.detach(), mask)
-        return torch.stack(
-            [
-                vector_statistics(vec),
-                vector_statistics((vec - mu[:, None]) / sd[:, None]),
-                vector_statistics(vec / scale[name]),
-            ],
-            dim=1,
-        )
+        captured[key] = (full.detach()[ar, position].float(), mu, sd)
 
-    def make_hook(j, name):
+    def make_hook(j):
         def hook(module, inputs, output):
-            results[(0, j)] = summarise(output.detach()[ar, last], output, name)
-            output.register_hook(lambda g: results.__setitem__((1, j), summarise(g[ar, before_last], g, name)))
+            capture((0, j), output, last)
+            output.register_hook(lambda g: capture((1, j), g, before_last))
 
         return hook
 
-    handles = [m.module.register_forward_hook(make_hook(j, m.name)) for j, m in enumerate(modules)]
+    handles = [m.module.register_forward_hook(make_hook(j)) for j, m in enumerate(modules)]
     try:
         inputs_embeds = embed(input_ids).detach().requires_grad_(True)
-        logits = model(inputs_embeds=inputs_embeds, attention_mask=mask.long()).logits
         next_mask = mask[:, 1:]
-        token_loss = F.cross_entropy(logits[:, :-1][next_mask].float(), input_ids[:, 1:][next_mask], reduction="none")
+        logits = target_logits(model, None, mask.long(), next_mask, inputs_embeds=inputs_embeds)
+        token_loss = F.cross_entropy(logits, input_ids[:, 1:][next_mask], reduction="none")
         owner = ar[:, None].expand_as(next_mask)[next_mask]
         per_text = torch.zeros(b).index_add_(0, owner, token_loss) / next_mask.sum(1)
         per_text.sum().backward()
     finally:
         for h in handles:
             h.remove()
-    for (modality, j), stats in results.items():
-        out[rows, :, modality, j, :] = stats.numpy()
+    # Statistics for all modules of one width at once (one sort instead of one per module).
+    by_width: dict[int, list[int]] = {}
+    for j, m in enumerate(modules):
+        by_width.setdefault(m.out_features, []).append(j)
+    for modality in (0, 1):
+        for group in by_width.values():
+            vecs = torch.stack([captured[(modality, j)][0] for j in group])  # (G, b, units)
+            scales = torch.stack([scale[modules[j].name] for j in group])[:, None, :]
+            raw, usage = _statistics(torch.stack([vecs, vecs / scales]))  # each (G, b, 7)
+            mu = torch.stack([captured[(modality, j)][1] for j in group])[:, :, None]
+            sd = torch.stack([captured[(modality, j)][2] for j in group])[:, :, None]
+            # z-scoring is affine per text, so its statistics follow from the raw ones
+            shift = torch.tensor([1, 0, 1, 1, 1, 1, 1], dtype=raw.dtype)
+            zscore = (raw - mu * shift) / sd
+            stats = torch.stack([raw, zscore, usage], dim=2)  # (G, b, norms, 7)
+            for g, j in enumerate(group):
+                out[rows, :, modality, j, :] = stats[g].numpy()
+
+
+def _statistics(x: torch.Tensor) -> torch.Tensor:
+    """(..., units) -> (..., 7) in the order of STATISTICS; quantiles interpolate linearly (as
+    numpy.percentile). Order statistics come from one partial sort (numpy.partition)."""
+    n = x.shape[-1]
+    pos = np.array([0.25, 0.5, 0.75]) * (n - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    kth = sorted({0, n - 1, *lo.tolist(), *hi.tolist()})
+    part = torch.from_numpy(np.partition(x.detach().cpu().numpy(), kth, axis=-1))
+    frac = torch.tensor(pos - lo, dtype=x.dtype)
+    q = part[..., lo] + (part[..., hi] - part[..., lo]) * frac
+    return torch.stack(
+        [x.mean(-1), x.std(-1, correction=0), part[..., 0], q[..., 0], q[..., 1], q[..., 2], part[..., n - 1]],
+        dim=-1,
+    )
 
 
 def flatten(features: np.ndarray) -> np.ndarray:

@@ -90,20 +90,26 @@ def plot_feature_sets(metrics: pd.DataFrame, dest: str) -> None:
 
 def plot_importance(importance: pd.DataFrame, dest: str) -> None:
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     if importance.empty:
         a1.text(0.5, 0.5, "no random-forest run", ha="center")
     else:
-        for (setting, modality), part in importance[importance.probe == "prompt"].groupby(["setting", "modality"]):
-            per_seed = part.groupby(["seed", "block"]).importance.sum().groupby("block").mean()
-            a1.plot(per_seed.index, per_seed.values, marker="o", ms=3, label=f"{setting} / {modality}")
-            by_stat = part.groupby(["seed", "statistic"]).importance.sum().groupby("statistic").mean()
-            a2.bar([f"{s}\n{modality[:4]}" for s in by_stat.index], by_stat.values, alpha=0.6, label=f"{setting}")
+        part = importance[importance.probe == "prompt"]
+        groups = list(part.groupby(["setting", "modality"]))
+        labels = list(dict.fromkeys(part.statistic))
+        width = 0.8 / len(groups)
+        for g, ((setting, modality), sub) in enumerate(groups):
+            per_block = sub.groupby(["seed", "block"]).importance.sum().groupby("block").mean()
+            a1.plot(per_block.index, per_block.values, marker="o", ms=3, label=f"{setting} / {modality}")
+            by_stat = sub.groupby(["seed", "statistic"]).importance.sum().groupby("statistic").mean().reindex(labels)
+            a2.bar(np.arange(len(labels)) + g * width, by_stat.values, width, label=f"{setting} / {modality}")
         a1.set_xlabel("block")
         a1.set_ylabel("summed importance (random forest)")
         a1.legend(fontsize=7)
-        a2.tick_params(axis="x", labelsize=6)
+        a2.set_xticks(np.arange(len(labels)) + width * (len(groups) - 1) / 2, labels)
+        a2.set_xlabel("statistic")
         a2.set_ylabel("summed importance")
+        a2.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, dest)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches, target_logits
-from workflow_scripts.models.architectures import linear_modules
+from workflow_scripts.models.architectures import body_and_head, linear_modules
 
 STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")
 MODALITIES = ("activation", "gradient")
@@ -141,11 +141,9 @@ def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> No
     try:
         inputs_embeds = embed(input_ids).detach().requires_grad_(True)
         next_mask = mask[:, 1:]
-        logits = target_logits(model, None, mask.long(), next_mask, inputs_embeds=inputs_embeds)
-        token_loss = F.cross_entropy(logits, input_ids[:, 1:][next_mask], reduction="none")
         owner = ar[:, None].expand_as(next_mask)[next_mask]
-        per_text = torch.zeros(b).index_add_(0, owner, token_loss) / next_mask.sum(1)
-        per_text.sum().backward()
+        weights = (1.0 / next_mask.sum(1))[owner]  # each text's loss is the mean over its tokens
+        _backward_lm_loss(model, inputs_embeds, mask.long(), next_mask, input_ids[:, 1:][next_mask], weights)
     finally:
         for h in handles:
             h.remove()
@@ -166,6 +164,29 @@ def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> No
             stats = torch.stack([raw, zscore, usage], dim=2)  # (G, b, norms, 7)
             for g, j in enumerate(group):
                 out[rows, :, modality, j, :] = stats[g].numpy()
+
+
+def _backward_lm_loss(model, inputs_embeds, attention_mask, next_mask, gold, weights, chunk: int = 256) -> None:
+    """Backpropagate sum(weights * next-token cross-entropy) over the real positions.
+
+    Where the architecture allows, the vocabulary projection and its backward run in chunks of
+    positions (the hidden states' gradient is accumulated, then sent through the body once), so the
+    full (positions x vocabulary) logits never sit in memory at once.
+    """
+    parts = body_and_head(model)
+    if parts is None:
+        logits = target_logits(model, None, attention_mask, next_mask, inputs_embeds=inputs_embeds)
+        (F.cross_entropy(logits, gold, reduction="none") * weights).sum().backward()
+        return
+    body, head = parts
+    hidden = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    selected = hidden[:, :-1][next_mask]
+    detached = selected.detach().requires_grad_(True)
+    for start in range(0, len(gold), chunk):
+        part = slice(start, start + chunk)
+        logits = head(detached[part]).float()
+        (F.cross_entropy(logits, gold[part], reduction="none") * weights[part]).sum().backward()
+    selected.backward(detached.grad)
 
 
 def _statistics(x: torch.Tensor) -> torch.Tensor:

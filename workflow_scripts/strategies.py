@@ -1,0 +1,154 @@
+"""Neuron placement strategies: a registry of small functions from usage scores to a neuron mask.
+
+A neuron is one output unit of a tracked linear module. Usage maps module name -> per-neuron score
+(see ``training.usage``). A strategy returns module name -> boolean vector (True = this neuron may be
+updated), with exactly ``k`` True entries in all (``full`` selects every neuron). Rankings are global
+across modules and blocks; ties break by position, so masks are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Usage = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StrategyInputs:
+    """Usage from old knowledge (A), the new data (B) and an unrelated history set (H)."""
+
+    widths: dict[str, int]  # module name -> number of neurons, in model order
+    old: Usage | None = None
+    new: Usage | None = None
+    history: Usage | None = None
+
+
+def _flat(inputs: StrategyInputs, usage: Usage | None, what: str) -> torch.Tensor:
+    if usage is None:
+        raise ValueError(f"this strategy needs {what} usage")
+    missing = set(inputs.widths) - set(usage)
+    if missing:
+        raise ValueError(f"{what} usage lacks modules, e.g. {sorted(missing)[:3]}")
+    return torch.cat([usage[name].float().reshape(-1) for name in inputs.widths])
+
+
+def _unflat(inputs: StrategyInputs, chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for name, width in inputs.widths.items():
+        out[name] = chosen[start : start + width].clone()
+        start += width
+    return out
+
+
+def _top(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    order = torch.argsort(scores, descending=largest, stable=True)
+    chosen = torch.zeros(len(scores), dtype=torch.bool)
+    chosen[order[:k]] = True
+    return chosen
+
+
+def _check_k(inputs: StrategyInputs, k: int) -> int:
+    total = sum(inputs.widths.values())
+    if not 0 < k <= total:
+        raise ValueError(f"k must be between 1 and the number of neurons ({total}), got {k}")
+    return total
+
+
+def full(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
+    return {name: torch.ones(width, dtype=torch.bool) for name, width in inputs.widths.items()}
+
+
+def stubborn(inputs, k, seed):
+    """The k neurons old knowledge used most."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.old, "old"), k, largest=True))
+
+
+def plastic(inputs, k, seed):
+    """The k neurons old knowledge used least."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.old, "old"), k, largest=False))
+
+
+def candidate(inputs, k, seed):
+    """The k neurons the new data uses most (an oracle: needs a full pass on the new data)."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.new, "new"), k, largest=True))
+
+
+def _specific(inputs, k, reference: Usage | None, what: str):
+    _check_k(inputs, k)
+    busy_old = _top(_flat(inputs, inputs.old, "old"), k, largest=True)
+    scores = _flat(inputs, reference, what).clone()
+    scores[busy_old] = -torch.inf
+    return _unflat(inputs, _top(scores, k, largest=True))
+
+
+def specific(inputs, k, seed):
+    """Top-k by new usage after removing the top-k by old usage (oracle, like candidate)."""
+    return _specific(inputs, k, inputs.new, "new")
+
+
+def specific_general(inputs, k, seed):
+    """Top-k by the history set's usage after removing the top-k by old usage."""
+    return _specific(inputs, k, inputs.history, "history")
+
+
+def random_uniform(inputs, k, seed):
+    """k neurons drawn uniformly from all neurons (seeded)."""
+    total = _check_k(inputs, k)
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.zeros(total, dtype=torch.bool)
+    chosen[torch.randperm(total, generator=g)[:k]] = True
+    return _unflat(inputs, chosen)
+
+
+def lottery(inputs, k, seed):
+    """The k neurons an unrelated history set used most."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.history, "history"), k, largest=True))
+
+
+def non_lottery(inputs, k, seed):
+    """The k neurons an unrelated history set used least."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.history, "history"), k, largest=False))
+
+
+def free_new(inputs, k, seed):
+    """The k neurons the new data used least."""
+    _check_k(inputs, k)
+    return _unflat(inputs, _top(_flat(inputs, inputs.new, "new"), k, largest=False))
+
+
+STRATEGIES: dict[str, Callable[[StrategyInputs, int, int], dict[str, torch.Tensor]]] = {
+    "full": full,
+    "stubborn": stubborn,
+    "plastic": plastic,
+    "candidate": candidate,
+    "specific": specific,
+    "specific_general": specific_general,
+    "random": random_uniform,
+    "lottery": lottery,
+    "non_lottery": non_lottery,
+    "free_b": free_new,
+}
+ORACLES = {"candidate", "specific", "free_b"}  # need a full pass on the new data first
+
+
+def neuron_mask(name: str, inputs: StrategyInputs, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    try:
+        fn = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}") from None
+    return fn(inputs, k, seed)
+
+
+def resolve_k(k: int | float, total: int) -> int:
+    """k as a count, or as a fraction (0 < k < 1) of all neurons."""
+    if isinstance(k, float) and 0 < k < 1:
+        return max(1, round(k * total))
+    return int(k)

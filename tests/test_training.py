@@ -1,0 +1,113 @@
+"""The training routine: masks hold, usage counts answer positions only, runs are deterministic."""
+
+import pytest
+import torch
+
+from workflow_scripts.facts.schema import flat_facts
+from workflow_scripts.metrics import accuracy
+from workflow_scripts.metrics.exact_match import encode_pair
+from workflow_scripts.models.architectures import linear_modules
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.strategies import StrategyInputs, neuron_mask
+from workflow_scripts.training.masks import only_tracked, parameter_masks
+from workflow_scripts.training.train import TrainConfig, answer_loss, collate, train
+from workflow_scripts.training.usage import UsageTracker, load_usage, save_usage
+
+
+@pytest.fixture
+def facts(starter):
+    return flat_facts(starter[:24])
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def fresh(request, tiny_model_dirs):
+    return load_model(tiny_model_dirs[request.param])
+
+
+def test_full_training_learns_the_facts(fresh, facts):
+    model, tok = fresh
+    before = accuracy(model, tok, facts.prompt.tolist(), facts.target_true.tolist())
+    history = train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
+                    TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
+    assert before < 0.2 and history[-1]["train_accuracy"] == 1.0
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_masked_neurons_never_change_even_with_weight_decay(fresh, facts):
+    model, tok = fresh
+    widths = {m.name: m.out_features for m in linear_modules(model)}
+    old = {n: torch.rand(w) for n, w in widths.items()}
+    mask = neuron_mask("plastic", StrategyInputs(widths, old=old), k=40)
+    pmasks = parameter_masks(model, mask)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
+          TrainConfig(lr=1e-2, epochs=3, batch_size=8, weight_decay=0.1), trainable=only_tracked(model),
+          update_mask=pmasks)
+    changed_neurons = 0
+    for name, p in model.named_parameters():
+        if name in pmasks:
+            frozen = ~pmasks[name].expand_as(p)
+            assert torch.equal(p.detach()[frozen], before[name][frozen]), name
+            changed_neurons += int((p.detach() != before[name]).any())
+        else:  # embeddings, norms, head: frozen in targeted arms
+            assert torch.equal(p.detach(), before[name]), name
+    assert changed_neurons > 0
+
+
+def test_training_is_deterministic_for_a_seed(tiny_model_dirs, facts):
+    runs = []
+    for _ in range(2):
+        model, tok = load_model(tiny_model_dirs["llama"])
+        train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(), TrainConfig(lr=3e-3, epochs=2, batch_size=5, seed=11))
+        runs.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def test_usage_counts_answer_positions_only(fresh, facts):
+    """Usage from a padded batch equals the gradient at answer positions computed one fact at a time,
+    and neither padding nor prompt positions contribute."""
+    model, tok = fresh
+    prompts, targets = facts.prompt.tolist()[:6], facts.target_true.tolist()[:6]
+    pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
+    name = linear_modules(model)[0].name  # block 0: prompt positions get gradient through attention
+    module = model.get_submodule(name)
+
+    with UsageTracker(model) as tracker:
+        ids, att, ans = collate(pairs, range(len(pairs)), pad_id=0)
+        tracker.positions = torch.cat([ans, torch.zeros(len(pairs), 1, dtype=torch.bool)], 1)
+        answer_loss(model, ids, att, ans).backward()
+    batched = tracker.sum[name].float()
+
+    expected = torch.zeros_like(batched)
+    for p in pairs:
+        ids, att, ans = collate([p], [0], pad_id=0)
+        grads = {}
+
+        def hook(mod, inputs, output, grads=grads):
+            output.register_hook(lambda g: grads.setdefault("g", g))
+
+        h = module.register_forward_hook(hook)
+        (answer_loss(model, ids, att, ans) / len(pairs)).backward()
+        h.remove()
+        g = grads["g"][0]
+        expected += g[p.target_start - 1 : p.target_end - 1].sum(0).float()
+        # the prompt positions do carry gradient, so leaving them out is a real choice
+        assert g[: p.target_start - 1].abs().sum() > 0
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_usage_round_trips_through_safetensors(fresh, facts, tmp_path):
+    model, tok = fresh
+    with UsageTracker(model) as tracker:
+        train(model, tok, facts.prompt.tolist()[:8], facts.target_true.tolist()[:8], TrainConfig(lr=1e-3, epochs=1))
+    scores = tracker.scores()
+    save_usage(scores, tmp_path / "u.safetensors", {"slice": "A"})
+    for score in ("abs_sum", "sum_abs", "sum_sq"):
+        loaded = load_usage(tmp_path / "u.safetensors", score)
+        assert set(loaded) == {m.name for m in linear_modules(model)}
+        assert all(torch.equal(loaded[k], scores[score][k]) for k in loaded)
+    sq, ab = load_usage(tmp_path / "u.safetensors", "sum_sq"), load_usage(tmp_path / "u.safetensors", "sum_abs")
+    assert all((ab[k] >= load_usage(tmp_path / "u.safetensors", "abs_sum")[k] - 1e-6).all() for k in ab)
+    assert all((sq[k] >= 0).all() for k in sq)
+    with pytest.raises(ValueError, match="unknown usage score"):
+        load_usage(tmp_path / "u.safetensors", "fisher")

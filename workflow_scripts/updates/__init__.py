@@ -1,0 +1,1 @@
+"""Targeted continual updates: arms (full fine-tuning, LoRA, neuron strategies) and their metrics."""

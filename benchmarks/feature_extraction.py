@@ -21,7 +21,7 @@ from workflow_scripts.facts.starter import starter_records  # noqa: E402
 from workflow_scripts.features.internal import internal_features  # noqa: E402
 from workflow_scripts.models.loading import convert_model, load_model  # noqa: E402
 
-N_TEXTS = 96
+N_TEXTS = 320
 N_SINGLE = 24
 BATCH = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 

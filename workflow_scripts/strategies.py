@@ -61,22 +61,23 @@ def full(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
     return {name: torch.ones(width, dtype=torch.bool) for name, width in inputs.widths.items()}
 
 
-def stubborn(inputs, k, seed):
-    """The k neurons old knowledge used most."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.old, "old"), k, largest=True))
+def _ranked(source: str, largest: bool, doc: str):
+    """A strategy that takes the k neurons with the largest (or smallest) usage from ``source``."""
+
+    def strategy(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
+        _check_k(inputs, k)
+        return _unflat(inputs, _top(_flat(inputs, getattr(inputs, source), source), k, largest))
+
+    strategy.__doc__ = doc
+    return strategy
 
 
-def plastic(inputs, k, seed):
-    """The k neurons old knowledge used least."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.old, "old"), k, largest=False))
-
-
-def candidate(inputs, k, seed):
-    """The k neurons the new data uses most (an oracle: needs a full pass on the new data)."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.new, "new"), k, largest=True))
+stubborn = _ranked("old", True, "The k neurons old knowledge used most.")
+plastic = _ranked("old", False, "The k neurons old knowledge used least.")
+candidate = _ranked("new", True, "The k neurons the new data uses most (an oracle: needs a full pass on it).")
+lottery = _ranked("history", True, "The k neurons an unrelated history set used most.")
+non_lottery = _ranked("history", False, "The k neurons an unrelated history set used least.")
+free_new = _ranked("new", False, "The k neurons the new data used least.")
 
 
 def _specific(inputs, k, reference: Usage | None, what: str):
@@ -104,24 +105,6 @@ def random_uniform(inputs, k, seed):
     chosen = torch.zeros(total, dtype=torch.bool)
     chosen[torch.randperm(total, generator=g)[:k]] = True
     return _unflat(inputs, chosen)
-
-
-def lottery(inputs, k, seed):
-    """The k neurons an unrelated history set used most."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.history, "history"), k, largest=True))
-
-
-def non_lottery(inputs, k, seed):
-    """The k neurons an unrelated history set used least."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.history, "history"), k, largest=False))
-
-
-def free_new(inputs, k, seed):
-    """The k neurons the new data used least."""
-    _check_k(inputs, k)
-    return _unflat(inputs, _top(_flat(inputs, inputs.new, "new"), k, largest=False))
 
 
 STRATEGIES: dict[str, Callable[[StrategyInputs, int, int], dict[str, torch.Tensor]]] = {

@@ -31,10 +31,13 @@ def add_lora(model, settings: LoraSettings):
 
 
 def merge_lora(model):
-    """Fold the adapters into the base weights (so the result is a plain model again)."""
+    """Fold the adapters into the base weights and put the plain base layers back in place, so the
+    result is an ordinary model again (same module types, no adapter parameters)."""
     from peft.tuners.lora import LoraLayer
 
-    for module in list(model.modules()):
+    for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
     return model

@@ -13,6 +13,7 @@ rule probe_familiarity:
     threads: 2
     resources:
         mem_mb=4000,
+        gpu=1,
     log:
         res("logs/probe_familiarity_{factset}.log"),
     benchmark:

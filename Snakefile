@@ -25,6 +25,7 @@ include: "rules/model.smk"
 include: "rules/facts.smk"
 include: "rules/probe.smk"
 include: "rules/awareness.smk"
+include: "rules/updates.smk"
 
 
 rule all:
@@ -35,6 +36,7 @@ rule all:
         res("facts/novel_stats.json"),
         res("report/awareness.md"),
         expand(res("awareness/{setting}/classifier.skops"), setting=config["awareness"]["settings"]),
+        expand(res("report/updates_{experiment}.md"), experiment=[e.replace(".", "_") for e in config["updates"]["experiments"]]),
 
 
 onsuccess:

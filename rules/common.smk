@@ -68,6 +68,26 @@ def awareness_model(wildcards):
     return res("model") if wildcards.setting == "pretrained" else res("models/awareness_finetuned")
 
 
+def update_arms():
+    """(strategy, k) of every arm: full fine-tuning and LoRA once, neuron strategies at each k."""
+    arms = []
+    for strategy in config["updates"]["strategies"]:
+        if strategy in ("full", "lora"):
+            arms.append((strategy, "all"))
+        else:
+            arms.extend((strategy, str(k)) for k in config["updates"]["k"])
+    return arms
+
+
+def update_arm_outputs(experiment, kind):
+    suffix = "_curve" if kind == "curve" else ""
+    return [
+        res(f"updates/exp{experiment}/fold{fold}/{strategy}_k{k}{suffix}.parquet")
+        for fold in config["updates"]["folds"]
+        for strategy, k in update_arms()
+    ]
+
+
 def print_summary(path, max_lines=None):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:

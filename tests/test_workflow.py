@@ -19,7 +19,8 @@ from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
-         "awareness_classify", "awareness_report"]
+         "awareness_classify", "awareness_report", "updates_slices", "updates_history", "updates_old",
+         "updates_oracle", "updates_arm", "updates_report"]
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
 
@@ -39,6 +40,9 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
+        "updates": {"experiments": ["2.1"], "folds": [0], "sizes": {"H": 5, "A": 8, "B": 6},
+                    "history_epochs": 2, "old_epochs": 25, "new_epochs": 25,
+                    "strategies": ["full", "lora", "plastic", "stubborn", "specific"], "k": [20]},
     }
     for key, value in changes.items():
         section, name = key.split("__")
@@ -82,6 +86,14 @@ def test_every_output_is_produced(finished_run):
     for setting in ("pretrained", "finetuned"):
         assert (res / "awareness" / setting / "classifier.skops").is_file()
     assert (res / "usage" / "history_H.safetensors").is_file()
+    updates = pd.read_parquet(res / "updates" / "exp2_1" / "metrics.parquet")
+    assert sorted(updates.strategy) == ["full", "lora", "plastic", "specific", "stubborn"]
+    assert (updates[updates.strategy.isin(["plastic", "stubborn", "specific"])].k == 20).all()
+    assert updates.acc_new.between(0, 1).all() and updates.retention_old.between(0, 1).all()
+    assert (updates[updates.strategy == "full"].acc_new == 1.0).all()  # 6 facts, 25 epochs
+    curves = pd.read_parquet(res / "updates" / "exp2_1" / "curves.parquet")
+    assert set(curves.epoch) == set(range(1, 26)) and len(curves) == 5 * 25
+    assert (res / "figures" / "updates_2_1_old_new_vs_k.png").read_bytes()[:4] == b"\x89PNG"
     summary = pd.read_csv(res / "report" / "familiarity.csv")
     assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
     assert (res / "figures" / "known_by_relation.png").read_bytes()[:4] == b"\x89PNG"

@@ -9,7 +9,6 @@ converts the embedded model. Optional argument: the batch size (default 32, as i
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workflow_scripts.facts.schema import flat_facts  # noqa: E402
 from workflow_scripts.facts.starter import starter_records  # noqa: E402
 from workflow_scripts.features.internal import internal_features  # noqa: E402
-from workflow_scripts.models.loading import convert_model, load_model  # noqa: E402
+from workflow_scripts.models.loading import converted_model_dir, load_model  # noqa: E402
 
 N_TEXTS = 320
 N_SINGLE = 24
@@ -30,10 +29,7 @@ BATCH = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 
 def main() -> None:
     torch.set_num_threads(2)
-    model_dir = Path("results/model")
-    if not (model_dir / "config.json").is_file():
-        model_dir = Path(tempfile.mkdtemp()) / "model"
-        convert_model("embedded:smollm2", model_dir)
+    model_dir = converted_model_dir()
     model, tok = load_model(model_dir)
     flat = flat_facts(starter_records()).sample(N_TEXTS, random_state=0)
     texts = [f"{p} {t}" for p, t in zip(flat.prompt, flat.target_true)]

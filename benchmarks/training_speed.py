@@ -23,7 +23,7 @@ from workflow_scripts.facts.schema import flat_facts  # noqa: E402
 from workflow_scripts.facts.starter import starter_records  # noqa: E402
 from workflow_scripts.metrics import accuracy  # noqa: E402
 from workflow_scripts.metrics.exact_match import encode_pair  # noqa: E402
-from workflow_scripts.models.loading import convert_model, load_model  # noqa: E402
+from workflow_scripts.models.loading import converted_model_dir, load_model  # noqa: E402
 from workflow_scripts.training.train import TrainConfig, train  # noqa: E402
 
 N_FACTS, EPOCHS, BATCH, LR = 96, 2, 16, 1e-4
@@ -68,10 +68,7 @@ def trainer_run(model, tok, prompts, targets) -> float:
 
 def main() -> None:
     torch.set_num_threads(2)
-    model_dir = Path("results/model")
-    if not (model_dir / "config.json").is_file():
-        model_dir = Path(tempfile.mkdtemp()) / "model"
-        convert_model("embedded:smollm2", model_dir)
+    model_dir = converted_model_dir()
     flat = flat_facts(starter_records()).sample(N_FACTS, random_state=0)
     prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
 

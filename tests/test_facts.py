@@ -18,7 +18,7 @@ from workflow_scripts.facts.schema import (
 )
 from workflow_scripts.facts.starter import load_relations
 
-from conftest import CONFLICTAWARE_FACTS, shared_file
+from conftest import shared_file
 
 
 def test_starter_set_size_and_coverage(starter):

@@ -7,7 +7,6 @@ llama-cpp-python server serving the embedded SmolLM2 GGUF tests the plumbing end
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -58,10 +58,6 @@ def write_parquet(table: pd.DataFrame | pa.Table, dest: str | os.PathLike) -> No
         pq.write_table(table, tmp)
 
 
-def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
 def write_text(text: str, dest: str | os.PathLike) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

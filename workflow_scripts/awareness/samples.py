@@ -18,16 +18,6 @@ import pandas as pd
 from workflow_scripts.facts.schema import flat_facts
 
 CLASSES = ("familiar", "dissonant", "novel")
-PROBES = ("prompt", "paraphrase")
-
-
-def history_split(case_ids: list[int], n_history: int, seed: int) -> tuple[list[int], list[int]]:
-    """(H, rest): a seeded, uniform choice of ``n_history`` facts kept apart for historical usage."""
-    if n_history >= len(case_ids):
-        raise ValueError(f"history set of {n_history} facts leaves none of the {len(case_ids)} for probing")
-    order = sorted(case_ids)
-    random.Random(f"history|{seed}").shuffle(order)
-    return sorted(order[:n_history]), sorted(order[n_history:])
 
 
 def build_samples(

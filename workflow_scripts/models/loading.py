@@ -113,3 +113,16 @@ def load_model(model_dir: str | os.PathLike, dtype: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **kwargs)
     model.eval()
     return model, tokenizer
+
+
+def converted_model_dir(preferred: str | os.PathLike = "results/model") -> Path:
+    """The pipeline's converted model if it exists, else the embedded model converted to a temporary
+    folder (for benchmarks and debugging outside Snakemake)."""
+    import tempfile
+
+    path = Path(preferred)
+    if (path / "config.json").is_file():
+        return path
+    path = Path(tempfile.mkdtemp()) / "model"
+    convert_model("embedded:smollm2", path)
+    return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -158,7 +158,3 @@ def train(
     if tracker is not None:
         tracker.positions = None
     return history
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -68,6 +68,13 @@ def awareness_model(wildcards):
     return res("model") if wildcards.setting == "pretrained" else res("models/awareness_finetuned")
 
 
+def k_label(k):
+    """k as it appears in file names: a count ('2000') or a fraction in plain decimals ('0.00005')."""
+    if float(k) == int(k) and k >= 1:
+        return str(int(k))
+    return format(k, ".12f").rstrip("0")
+
+
 def update_arms():
     """(strategy, k) of every arm: full fine-tuning and LoRA once, neuron strategies at each k."""
     arms = []
@@ -75,7 +82,7 @@ def update_arms():
         if strategy in ("full", "lora"):
             arms.append((strategy, "all"))
         else:
-            arms.extend((strategy, str(k)) for k in config["updates"]["k"])
+            arms.extend((strategy, k_label(k)) for k in config["updates"]["k"])
     return arms
 
 

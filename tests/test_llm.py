@@ -101,7 +101,7 @@ def test_retries_validation_and_cache(stub, tmp_path, starter, monkeypatch, capl
     records, stats = generate_llm_novel(starter, 3, 0, cfg)
     assert (stats.requests, stats.retries, stats.accepted) == (3, 2, 3)
     assert (stats.rejected_duplicate, stats.rejected_invalid) == (1, 2)
-    assert stats.reasons == {"duplicate subject or id": 1, "target_true equals target_new": 1, "reuses a real name": 1}
+    assert stats.reasons == {"duplicate subject or id": 1, "subject and targets not all different": 1, "reuses a real name": 1}
     assert [r["requested_rewrite"]["subject"] for r in records] == ["Velmaria", "Odile Marrak", "Drovia"]
     assert normalise_records(records, "llm") == records
     assert all(r["source"] == "llm" for r in records)

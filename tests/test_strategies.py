@@ -77,3 +77,8 @@ def test_bad_requests_are_named():
 
 def test_resolve_k():
     assert resolve_k(0.25, 24) == 6 and resolve_k(5, 24) == 5
+
+
+def test_specific_refuses_k_over_half():
+    with pytest.raises(ValueError, match="k <= half of all neurons \\(12\\)"):
+        neuron_mask("specific", INPUTS, 13)

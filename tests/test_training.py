@@ -111,3 +111,13 @@ def test_usage_round_trips_through_safetensors(fresh, facts, tmp_path):
     assert all((sq[k] >= 0).all() for k in sq)
     with pytest.raises(ValueError, match="unknown usage score"):
         load_usage(tmp_path / "u.safetensors", "fisher")
+
+
+def test_a_short_last_batch_weighs_each_fact_like_any_other(fresh, facts):
+    model, tok = fresh
+    pairs = [encode_pair(tok, p, t) for p, t in zip(facts.prompt[:3], facts.target_true[:3])]
+    ids, att, ans = collate(pairs, range(3), pad_id=0)
+    with torch.no_grad():
+        mean = answer_loss(model, ids, att, ans)
+        nominal = answer_loss(model, ids, att, ans, per_batch=6)
+    torch.testing.assert_close(nominal, mean * 3 / 6)

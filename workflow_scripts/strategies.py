@@ -81,7 +81,10 @@ free_new = _ranked("new", False, "The k neurons the new data used least.")
 
 
 def _specific(inputs, k, reference: Usage | None, what: str):
-    _check_k(inputs, k)
+    total = _check_k(inputs, k)
+    if 2 * k > total:
+        raise ValueError(f"specific strategies need k <= half of all neurons ({total // 2}), got {k}: "
+                         "the k neurons to update must lie outside the k most used by old knowledge")
     busy_old = _top(_flat(inputs, inputs.old, "old"), k, largest=True)
     scores = _flat(inputs, reference, what).clone()
     scores[busy_old] = -torch.inf

@@ -232,8 +232,8 @@ def generate_llm_novel(
                 stats.reject("invalid", "missing, empty or malformed name")
                 continue
             subject, true, new = names
-            if true == new:
-                stats.reject("invalid", "target_true equals target_new")
+            if len({x.lower() for x in names}) < 3:
+                stats.reject("invalid", "subject and targets not all different")
                 continue
             if any(x.lower() in reserved_lower for x in names):
                 stats.reject("invalid", "reuses a real name")

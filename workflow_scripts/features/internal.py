@@ -115,20 +115,22 @@ def internal_features(
 def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> None:
     b = len(ids_list)
     width = max(len(x) for x in ids_list)
+    device = embed.weight.device
     input_ids = torch.full((b, width), pad, dtype=torch.long)
     mask = torch.zeros((b, width), dtype=torch.bool)
     for r, ids in enumerate(ids_list):
         input_ids[r, : len(ids)] = torch.tensor(ids)
         mask[r, : len(ids)] = True
+    input_ids, mask = input_ids.to(device), mask.to(device)
     lengths = mask.sum(1)
-    ar = torch.arange(b)
+    ar = torch.arange(b, device=device)
     last, before_last = lengths - 1, lengths - 2
     # (modality, module index) -> (vector at the position (b, units), text mean (b,), text std (b,))
     captured: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def capture(key, full, position):
         mu, sd = _masked_zscore(full.detach(), mask)
-        captured[key] = (full.detach()[ar, position].float(), mu, sd)
+        captured[key] = (full.detach()[ar, position].float().cpu(), mu.cpu(), sd.cpu())
 
     def make_hook(j):
         def hook(module, inputs, output):
@@ -192,12 +194,13 @@ def _backward_lm_loss(model, inputs_embeds, attention_mask, next_mask, gold, wei
 def _statistics(x: torch.Tensor) -> torch.Tensor:
     """(..., units) -> (..., 7) in the order of STATISTICS; quantiles interpolate linearly (as
     numpy.percentile). Order statistics come from one partial sort (numpy.partition)."""
+    x = x.detach().cpu()
     n = x.shape[-1]
     pos = np.array([0.25, 0.5, 0.75]) * (n - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, n - 1)
     kth = sorted({0, n - 1, *lo.tolist(), *hi.tolist()})
-    part = torch.from_numpy(np.partition(x.detach().cpu().numpy(), kth, axis=-1))
+    part = torch.from_numpy(np.partition(x.numpy(), kth, axis=-1))
     frac = torch.tensor(pos - lo, dtype=x.dtype)
     q = part[..., lo] + (part[..., hi] - part[..., lo]) * frac
     return torch.stack(

@@ -56,15 +56,16 @@ def output_features(model, tokenizer, texts: Sequence[str], batch_size: int = 32
         for r, i in enumerate(batch):
             ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[r, : len(encoded[i])] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
         for r, i in enumerate(batch):
             n = len(encoded[i])
             feats = []
             for d in DROPS:
                 pos = max(0, n - 1 - d)
                 probs = torch.softmax(logits[r, pos], -1)
-                if d > 0:
-                    nxt = encoded[i][pos + 1]
+                if d > 0:  # a text too short to drop d tokens scores its first next token
+                    nxt = encoded[i][min(pos + 1, n - 1)]
                     feats.append(probs[nxt].unsqueeze(0))
                 feats.append(torch.topk(probs, TOP_K).values)
                 feats.append(-(probs * torch.log(probs.clamp_min(1e-30))).sum().unsqueeze(0))

@@ -104,13 +104,19 @@ def convert_model(source: str, out_dir: str | os.PathLike, dtype: str = "float32
     return info
 
 
-def load_model(model_dir: str | os.PathLike, dtype: str | None = None):
-    """Load a converted model directory for inference: (model in eval mode, tokenizer)."""
+def default_device() -> torch.device:
+    """The GPU when there is one (e.g. a job the SLURM profile placed on one), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(model_dir: str | os.PathLike, dtype: str | None = None, device: str | torch.device | None = None):
+    """Load a converted model directory: (model in eval mode on ``device``, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     kwargs = {"dtype": DTYPES[dtype]} if dtype else {"dtype": "auto"}
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **kwargs)
+    model.to(device or default_device())
     model.eval()
     return model, tokenizer
 

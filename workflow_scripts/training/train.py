@@ -53,7 +53,7 @@ def length_bucketed_batches(pairs: Sequence[EncodedPair], batch_size: int, rng: 
     return batches
 
 
-def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int):
+def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int, device=None):
     """(input_ids, attention_mask, answer_mask) where answer_mask[:, t] marks positions t < T-1 whose
     next token is an answer token."""
     width = max(len(pairs[i].ids) for i in idx)
@@ -65,18 +65,21 @@ def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int):
         input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
         attention[row, : len(p.ids)] = 1
         answer[row, p.target_start - 1 : p.target_end - 1] = True
-    return input_ids, attention, answer
+    return input_ids.to(device), attention.to(device), answer.to(device)
 
 
-def answer_loss(model, input_ids, attention, answer) -> torch.Tensor:
-    """Mean over facts of the mean cross-entropy over each fact's answer tokens."""
+def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None) -> torch.Tensor:
+    """Sum over facts of the mean cross-entropy over each fact's answer tokens, divided by
+    ``per_batch`` (the nominal batch size; default: this batch's size). With the nominal size, a
+    fact in a short last batch weighs the same as any other."""
     logits = target_logits(model, input_ids, attention, answer)
     gold = input_ids[:, 1:][answer]
     token_loss = F.cross_entropy(logits, gold, reduction="none")
-    owner = torch.arange(len(input_ids))[:, None].expand_as(answer)[answer]
-    per_fact = torch.zeros(len(input_ids)).index_add_(0, owner, token_loss)
+    device = token_loss.device
+    owner = torch.arange(len(input_ids), device=device)[:, None].expand_as(answer)[answer]
+    per_fact = torch.zeros(len(input_ids), device=device).index_add_(0, owner, token_loss)
     counts = torch.bincount(owner, minlength=len(input_ids)).clamp(min=1)
-    return (per_fact / counts).mean()
+    return (per_fact / counts).sum() / (per_batch or len(input_ids))
 
 
 def train(
@@ -101,11 +104,13 @@ def train(
     rng = random.Random(cfg.seed)
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
     pad = _pad_id(tokenizer)
+    device = next(model.parameters()).device
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]
     for n, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(n, p))
     params = [p for _, p in named]
-    masks = {n: m.to(dtype=torch.bool) for n, m in (update_mask or {}).items()}
+    masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (update_mask or {}).items()}
     masked = [(p, masks[n]) for n, p in named if n in masks]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
@@ -126,12 +131,16 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         start, losses = time.perf_counter(), []
         for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
-            input_ids, attention, answer = collate(pairs, idx, pad)
+            input_ids, attention, answer = collate(pairs, idx, pad, device)
             if tracker is not None:
-                tracker.positions = torch.cat([answer, torch.zeros(len(idx), 1, dtype=torch.bool)], 1)
-            loss = answer_loss(model, input_ids, attention, answer)
+                tracker.positions = torch.cat([answer, torch.zeros(len(idx), 1, dtype=torch.bool, device=device)], 1)
+            loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            with torch.no_grad():
+                for p, m in masked:  # frozen entries must not count in the clipping norm
+                    if p.grad is not None:
+                        p.grad.mul_(m)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             frozen = [(p, m, p.detach().clone()) for p, m in masked]
@@ -153,8 +162,8 @@ def train(
             break
         model.train()
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires.get(n, True))
     if tracker is not None:
         tracker.positions = None
     return history

@@ -52,7 +52,7 @@ class UsageTracker:
             positions = self.positions
 
             def grad_hook(grad):
-                g = grad[positions].detach().double()  # (answer positions, out_features)
+                g = grad[positions].detach().double().cpu()  # (answer positions, out_features)
                 self.sum[name] += g.sum(0)
                 self.sum_abs[name] += g.abs().sum(0)
                 self.sum_sq[name] += (g * g).sum(0)

@@ -182,15 +182,16 @@ def llama_server():
 @pytest.mark.slow
 def test_real_local_server_plumbing(llama_server, tmp_path, starter):
     cfg = settings(llama_server, tmp_path, model="smollm2", api_key_env=None, response_format="json_object",
-                   facts_per_request=3, max_tokens=200, temperature=0.7)
+                   facts_per_request=3, max_tokens=200, temperature=0.7, timeout_s=120)
     records, stats = generate_llm_novel(starter[:40], 2, 0, cfg)
     # a 135M model writes poor facts: what is tested is that every response was parsed, validated,
     # counted and cached, and that what was accepted is a valid record
-    assert 1 <= stats.requests <= 2 and stats.cache_hits == 0
-    assert len(list((tmp_path / "cache").iterdir())) == stats.requests
+    answered = stats.requests - stats.retries  # a busy machine may time out and retry
+    assert 1 <= answered <= 2 and stats.cache_hits == 0
+    assert len(list((tmp_path / "cache").iterdir())) == answered
     assert stats.accepted == len(records) <= 2
     assert stats.unparsable_responses + stats.rejected_invalid + stats.rejected_duplicate + stats.accepted > 0
     if records:
         assert normalise_records(records, "llm") == records
     again, stats2 = generate_llm_novel(starter[:40], 2, 0, cfg)
-    assert stats2.requests == 0 and stats2.cache_hits == stats.requests and again == records
+    assert stats2.requests == 0 and stats2.cache_hits == answered and again == records

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches, target_logits
+from workflow_scripts.metrics.exact_match import length_sorted_batches, pad_id, pad_right, target_logits
 from workflow_scripts.models.architectures import body_and_head, linear_modules
 
 STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")
@@ -94,7 +94,7 @@ def internal_features(
         if len(ids) < 2:
             raise ValueError(f"probe text {t!r} has fewer than 2 tokens")
     out = np.zeros((len(texts), len(NORMALISATIONS), len(MODALITIES), len(modules), len(STATISTICS)), np.float32)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     embed = model.get_input_embeddings()
     was_training = model.training
     model.eval()
@@ -114,13 +114,8 @@ def internal_features(
 
 def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> None:
     b = len(ids_list)
-    width = max(len(x) for x in ids_list)
     device = embed.weight.device
-    input_ids = torch.full((b, width), pad, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.bool)
-    for r, ids in enumerate(ids_list):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        mask[r, : len(ids)] = True
+    input_ids, mask = pad_right(ids_list, pad)
     input_ids, mask = input_ids.to(device), mask.to(device)
     lengths = mask.sum(1)
     ar = torch.arange(b, device=device)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workflow_scripts.metrics.exact_match import _pad_id, length_sorted_batches
+from workflow_scripts.metrics.exact_match import length_sorted_batches, pad_id, pad_right
 
 DROPS = (0, 1, 2, 3)
 TOP_K = 10
@@ -46,18 +46,13 @@ def output_features(model, tokenizer, texts: Sequence[str], batch_size: int = 32
     encoded = [tokenizer(t)["input_ids"] for t in texts]
     n_feat = len(output_feature_names())
     out = np.zeros((len(texts), n_feat), np.float32)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
     for batch in tqdm(length_sorted_batches([len(e) for e in encoded], batch_size), desc="output features",
                       disable=not progress, mininterval=5):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
-            mask[r, : len(encoded[i])] = 1
+        ids, mask = pad_right([encoded[i] for i in batch], pad)
         device = next(model.parameters()).device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.long().to(device)).logits.float().cpu()
         for r, i in enumerate(batch):
             n = len(encoded[i])
             feats = []

@@ -60,11 +60,22 @@ def encode_pair(tokenizer, prompt: str, target: str) -> EncodedPair:
     return EncodedPair(list(ids), start, end)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if tid is not None:
             return int(tid)
     return 0
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, mask): token lists padded on the right to the longest; mask is True on real tokens."""
+    width = max(len(x) for x in sequences)
+    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = True
+    return input_ids, mask
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -112,23 +123,19 @@ def score_targets(
         "mean_logprob": np.zeros(n),
         "n_target_tokens": np.array([p.n_target for p in pairs], dtype=np.int64),
     }
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     batches = length_sorted_batches([len(p.ids) for p in pairs], batch_size)
     for batch in tqdm(batches, desc="scoring", disable=not progress, mininterval=5):
-        width = max(len(pairs[i].ids) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        input_ids, attention = pad_right([pairs[i].ids for i in batch], pad)
+        labels = torch.full_like(input_ids, -100)
         for row, i in enumerate(batch):
             p = pairs[i]
-            input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
-            attention[row, : len(p.ids)] = 1
             labels[row, p.target_start : p.target_end] = input_ids[row, p.target_start : p.target_end]
         # position t predicts token t + 1
         next_labels = labels[:, 1:].to(device)
         mask = next_labels != -100
-        sel = target_logits(model, input_ids.to(device), attention.to(device), mask)
+        sel = target_logits(model, input_ids.to(device), attention.long().to(device), mask)
         gold = next_labels[mask]
         logp = torch.log_softmax(sel, dim=-1)
         gold_logp = logp.gather(1, gold[:, None])[:, 0]

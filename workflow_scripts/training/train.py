@@ -19,7 +19,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from workflow_scripts.metrics.exact_match import EncodedPair, _pad_id, accuracy, encode_pair, target_logits
+from workflow_scripts.metrics.exact_match import (
+    EncodedPair,
+    accuracy,
+    encode_pair,
+    pad_id,
+    pad_right,
+    target_logits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +63,12 @@ def length_bucketed_batches(pairs: Sequence[EncodedPair], batch_size: int, rng: 
 def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int, device=None):
     """(input_ids, attention_mask, answer_mask) where answer_mask[:, t] marks positions t < T-1 whose
     next token is an answer token."""
-    width = max(len(pairs[i].ids) for i in idx)
-    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(idx), width), dtype=torch.long)
-    answer = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+    input_ids, mask = pad_right([pairs[i].ids for i in idx], pad_id)
+    answer = torch.zeros((len(idx), input_ids.shape[1] - 1), dtype=torch.bool)
     for row, i in enumerate(idx):
         p = pairs[i]
-        input_ids[row, : len(p.ids)] = torch.tensor(p.ids)
-        attention[row, : len(p.ids)] = 1
         answer[row, p.target_start - 1 : p.target_end - 1] = True
-    return input_ids.to(device), attention.to(device), answer.to(device)
+    return input_ids.to(device), mask.long().to(device), answer.to(device)
 
 
 def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None) -> torch.Tensor:
@@ -103,7 +106,7 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]

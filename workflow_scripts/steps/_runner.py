@@ -54,5 +54,8 @@ def run_step(main: Callable, snakemake=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    from workflow_scripts.runtime import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(max(1, int(job.threads)))
     main(job.input, job.output, job.params, job.threads)

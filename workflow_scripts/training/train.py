@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from workflow_scripts.runtime import keep_freed_memory
 from workflow_scripts.metrics.exact_match import (
     EncodedPair,
     accuracy,
@@ -103,11 +104,13 @@ def train(
     ``tracker`` (a :class:`~workflow_scripts.training.usage.UsageTracker`, already entered) receives the
     answer positions of every batch.
     """
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
     pad = pad_id(tokenizer)
-    device = next(model.parameters()).device
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]
     for n, p in model.named_parameters():

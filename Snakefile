@@ -36,9 +36,12 @@ rule all:
         res("facts/novel_stats.json"),
         res("report/awareness.md"),
         expand(res("awareness/{setting}/classifier.skops"), setting=config["awareness"]["settings"]),
-        expand(res("report/updates_{experiment}.md"), experiment=[e.replace(".", "_") for e in config["updates"]["experiments"]]),
+        expand(res("report/updates_{experiment}.md"), experiment=update_experiments()),
+        [res("report/updates.md")] if update_experiments() else [],
 
 
 onsuccess:
     print_summary(res("report/familiarity.md"))
     print_summary(res("report/awareness.md"), max_lines=30)
+    if update_experiments():
+        print_summary(res("report/updates.md"), max_lines=30)

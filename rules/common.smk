@@ -68,30 +68,52 @@ def awareness_model(wildcards):
     return res("model") if wildcards.setting == "pretrained" else res("models/awareness_finetuned")
 
 
-def k_label(k):
-    """k as it appears in file names: a count ('2000') or a fraction in plain decimals ('0.00005')."""
-    if float(k) == int(k) and k >= 1:
-        return str(int(k))
-    return format(k, ".12f").rstrip("0")
+def update_experiments():
+    """Slugs ('2_1', ...) of the configured targeted-update experiments."""
+    return [e.replace(".", "_") for e in config["updates"]["experiments"]]
 
 
-def update_arms():
-    """(strategy, k) of every arm: full fine-tuning and LoRA once, neuron strategies at each k."""
-    arms = []
-    for strategy in config["updates"]["strategies"]:
-        if strategy in ("full", "lora"):
-            arms.append((strategy, "all"))
-        else:
-            arms.extend((strategy, k_label(k)) for k in config["updates"]["k"])
-    return arms
+def update_fold_path(fold, name):
+    return res(f"updates/fold{fold}/{name}")
+
+
+def update_arm_inputs(wildcards):
+    """Start model, known-before table and usage files of one arm, from the experiment's design."""
+    from workflow_scripts.updates.design import experiment
+
+    exp = experiment(wildcards.experiment)
+    fold = wildcards.fold
+    models = {"base": res("model"), "A": update_fold_path(fold, "model_A"), "AB": update_fold_path(fold, "model_AB")}
+    known = {
+        "base": res("probe/facts.parquet"),
+        "A": update_fold_path(fold, "known_A.parquet"),
+        "AB": update_fold_path(fold, "known_AB.parquet"),
+    }
+    usage = {
+        "A": update_fold_path(fold, "usage_A.safetensors"),
+        "B": update_fold_path(fold, "usage_B.safetensors"),
+        "H": res("usage/history_H.safetensors"),
+    }
+    inputs = {
+        "model": models[exp.start],
+        "facts": res("facts/facts.parquet"),
+        "slices": update_fold_path(fold, "slices.parquet"),
+        "known": known[exp.known],
+    }
+    for source in sorted({s for s in exp.usage.values() if s}):
+        inputs[f"usage_{source}"] = usage[source]
+    return inputs
 
 
 def update_arm_outputs(experiment, kind):
+    """Every arm's row (or curve) file of one experiment: folds x settings x strategies x k."""
+    from workflow_scripts.updates.design import arms
+
     suffix = "_curve" if kind == "curve" else ""
     return [
-        res(f"updates/exp{experiment}/fold{fold}/{strategy}_k{k}{suffix}.parquet")
+        res(f"updates/exp{experiment}/fold{fold}/{setting}/{strategy}_k{k}{suffix}.parquet")
         for fold in config["updates"]["folds"]
-        for strategy, k in update_arms()
+        for setting, strategy, k in arms(config["updates"], experiment)
     ]
 
 

@@ -19,8 +19,9 @@ from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
-         "awareness_classify", "awareness_report", "updates_slices", "updates_history", "updates_old",
-         "updates_oracle", "updates_arm", "updates_report"]
+         "awareness_classify", "awareness_report", "updates_slices", "updates_stage_a", "updates_stage_b",
+         "updates_arm", "updates_report", "updates_overview"]
+UPDATES = {"updates_slices", "updates_stage_a", "updates_stage_b", "updates_arm", "updates_report", "updates_overview"}
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
 
@@ -40,9 +41,11 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
-        "updates": {"experiments": ["2.1"], "folds": [0], "sizes": {"H": 5, "A": 8, "B": 6},
-                    "history_epochs": 2, "old_epochs": 25, "new_epochs": 25,
-                    "strategies": ["full", "lora", "plastic", "stubborn", "specific"], "k": [20]},
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25,
+                    "exp_2_1": {"strategies": ["full", "lora", "plastic", "stubborn", "specific"], "k": [20], "epochs": 25},
+                    "exp_2_2": {"strategies": ["lottery", "non_lottery", "random"], "k": [20, 60], "epochs": 10},
+                    "exp_3": {"strategies": ["full", "plastic"], "k": [20], "epochs": 25},
+                    "sweeps": {"lr_ratios": [0.5], "epochs": [5], "strategies": ["full"], "k": [20]}},
     }
     for key, value in changes.items():
         section, name = key.split("__")
@@ -86,14 +89,37 @@ def test_every_output_is_produced(finished_run):
     for setting in ("pretrained", "finetuned"):
         assert (res / "awareness" / setting / "classifier.skops").is_file()
     assert (res / "usage" / "history_H.safetensors").is_file()
+    slices = pd.read_parquet(res / "updates" / "fold0" / "slices.parquet")
+    assert slices.slice.value_counts()[["A", "B", "C", "K"]].tolist() == [6, 4, 4, 6]
+    base_known = pd.read_parquet(res / "probe" / "facts.parquet").query("target_kind == 'true' and correct")
+    assert set(slices.case_id[slices.slice.isin(["A", "B", "C"])]).isdisjoint(base_known.case_id)
+    assert set(slices.case_id[slices.slice == "K"]) <= set(base_known.case_id)
+    after_b = pd.read_parquet(res / "updates" / "fold0" / "known_AB.parquet")
+    assert sorted(after_b.slice.unique()) == ["A", "B"] and after_b[after_b.slice == "B"].correct.all()
+
     updates = pd.read_parquet(res / "updates" / "exp2_1" / "metrics.parquet")
-    assert sorted(updates.strategy) == ["full", "lora", "plastic", "specific", "stubborn"]
-    assert (updates[updates.strategy.isin(["plastic", "stubborn", "specific"])].k == 20).all()
+    main = updates[updates.setting == "lr1_e25"]
+    assert sorted(main.strategy) == ["full", "lora", "plastic", "specific", "stubborn"]
+    assert (main[main.strategy.isin(["plastic", "stubborn", "specific"])].k == 20).all()
     assert updates.acc_new.between(0, 1).all() and updates.retention_old.between(0, 1).all()
-    assert (updates[updates.strategy == "full"].acc_new == 1.0).all()  # 6 facts, 25 epochs
-    curves = pd.read_parquet(res / "updates" / "exp2_1" / "curves.parquet")
-    assert set(curves.epoch) == set(range(1, 26)) and len(curves) == 5 * 25
-    assert (res / "figures" / "updates_2_1_old_new_vs_k.png").read_bytes()[:4] == b"\x89PNG"
+    assert (main[main.strategy == "full"].acc_new == 1.0).all()  # 4 facts, 25 epochs
+    swept = updates[updates.setting == "lr0.5_e25"]
+    assert swept.strategy.tolist() == ["full"] and swept.lr.iloc[0] == pytest.approx(0.0015)
+    lottery = pd.read_parquet(res / "updates" / "exp2_2" / "metrics.parquet")
+    assert sorted(lottery.strategy.unique()) == ["lottery", "non_lottery", "random"] and sorted(lottery.k.unique()) == [20, 60]
+    assert (lottery.n_old == 6).all() and (lottery.n_retained_base == 6).all()  # K: known by the base model
+    dissonant = pd.read_parquet(res / "updates" / "exp3_1" / "metrics.parquet")
+    matched = pd.read_parquet(res / "updates" / "exp3_3" / "metrics.parquet")
+    assert set(dissonant.setting) == set(matched.setting) == {"lr1_e25", "lr1_e5"}
+    assert (dissonant.stage == "AB->B'").all() and (matched.stage == "AB->C").all()
+    curves = pd.read_parquet(res / "updates" / "exp3_1" / "curves.parquet")
+    assert set(curves[curves.setting == "lr1_e25"].epoch) == set(range(1, 26))
+    assert len(pd.read_parquet(res / "updates" / "exp2_1" / "curves.parquet")) == len(updates)  # final epoch only
+    for figure in ("updates_2_1_vs_k", "updates_2_2_vs_k", "updates_3_1_pareto", "updates_dissonant_vs_matched",
+                   "updates_stubborn_location", "updates_usage_distribution", "updates_sweeps"):
+        assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
+    overview = (res / "report" / "updates.md").read_text()
+    assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview
     summary = pd.read_csv(res / "report" / "familiarity.csv")
     assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
     assert (res / "figures" / "known_by_relation.png").read_bytes()[:4] == b"\x89PNG"
@@ -116,7 +142,8 @@ def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run
     # the probe's batch size: the probe jobs, and only what reads their outputs
     write_config(workdir, pretrained_tiny_dir, probe__batch_size=4)
     proc = snakemake(workdir, "-n")
-    assert planned_rules(proc) == {"probe_familiarity", "report_probe"} | AWARENESS_DOWNSTREAM, proc.stdout[-3000:]
+    # (the update slices draw on what the base model knows, so they and their consumers are planned too)
+    assert planned_rules(proc) == {"probe_familiarity", "report_probe"} | AWARENESS_DOWNSTREAM | UPDATES, proc.stdout[-3000:]
     assert "probe_familiarity_facts.log" in proc.stdout and "probe_familiarity_novel.log" in proc.stdout
 
     # the novel-fact seed: novel facts and their consumers, not the model, the facts or any fine-tune

@@ -14,7 +14,7 @@ def main(input, output, params, threads):
     finetune_on_slice(
         str(input.model), input.facts, input.slices, params.slice, TrainConfig(**params.training),
         output.history, out_model_dir=getattr(output, "model_dir", None), usage_path=getattr(output, "usage", None),
-        known_path=getattr(output, "known", None),
+        known_path=getattr(output, "known", None), score_slices=getattr(params, "score", None),
     )
 
 

@@ -1,4 +1,4 @@
-"""Rule updates_arm: one arm (strategy, k) of a targeted-update experiment."""
+"""Rule updates_arm: one arm (experiment, fold, setting, strategy, k) of the targeted updates."""
 
 import sys
 from pathlib import Path
@@ -10,10 +10,10 @@ from workflow_scripts.updates.experiment import run_update_arm  # noqa: E402
 
 
 def main(input, output, params, threads):
-    usage = {"old": input.usage_old, "new": input.usage_new, "history": input.usage_history}
+    usage = {source: getattr(input, f"usage_{source}") for source in ("A", "B", "H") if hasattr(input, f"usage_{source}")}
     run_update_arm(str(input.model), input.facts, input.slices, input.known, usage, params.usage_score,
-                   params.strategy, params.k, params.fold, dict(params.training), dict(params.lora),
-                   output.row, output.curve, params.experiment, params.fold)
+                   params.experiment, params.setting, params.strategy, params.k, params.fold,
+                   dict(params.training), dict(params.lora), bool(params.curves), output.row, output.curve)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Sequence
 
 import pandas as pd
 
@@ -42,13 +43,16 @@ def finetune_on_slice(
     out_model_dir: str | None = None,
     usage_path: str | None = None,
     known_path: str | None = None,
+    score_slices: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Full fine-tune on one slice (prompt + target_true); optionally save model, usage and the
-    per-fact result after training (``known``: teacher-forced exact match on the slice)."""
+    per-fact result after training (``known``: teacher-forced exact match on ``score_slices``,
+    default the trained slice; columns case_id, slice, correct, ...)."""
     model, tokenizer = load_model(model_dir, dtype="float32")
     slices = pd.read_parquet(slices_path)
     ids = set(slices.case_id[slices.slice == slice_name])
-    flat = flat_facts([r for r in read_facts(facts_path) if r["case_id"] in ids])
+    records = read_facts(facts_path)
+    flat = flat_facts([r for r in records if r["case_id"] in ids])
     if flat.empty:
         raise ValueError(f"slice {slice_name!r} is empty")
     prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
@@ -61,9 +65,15 @@ def finetune_on_slice(
     table = pd.DataFrame(history).assign(slice=slice_name, facts=len(flat))
     write_parquet(table, history_path)
     if known_path:
-        scores = score_targets(model, tokenizer, prompts, targets)
-        write_parquet(pd.concat([flat[["case_id"]], scores], axis=1), known_path)
-        log.info("after fine-tuning on %s: %.1f%% known", slice_name, 100 * scores.correct.mean())
+        scored = slices[slices.slice.isin(list(score_slices or [slice_name]))]
+        names = dict(zip(scored.case_id, scored.slice))
+        facts = flat_facts([r for r in records if r["case_id"] in names])
+        scores = score_targets(model, tokenizer, facts.prompt.tolist(), facts.target_true.tolist())
+        known = pd.concat([facts[["case_id"]].reset_index(drop=True), scores], axis=1)
+        known.insert(1, "slice", known.case_id.map(names))
+        write_parquet(known, known_path)
+        for name, part in known.groupby("slice"):
+            log.info("after fine-tuning on %s: %.1f%% of %s known", slice_name, 100 * part.correct.mean(), name)
     if out_model_dir:
         with atomic_dir(out_model_dir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)

@@ -158,7 +158,7 @@ def train(
             losses.append(loss.item())
         model.eval()
         record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
-        if cfg.stop_at_accuracy is not None or on_epoch is not None:
+        if cfg.stop_at_accuracy is not None:
             record["train_accuracy"] = accuracy(model, tokenizer, prompts, targets, batch_size=64)
         history.append(record)
         log.info("epoch %d: %s", epoch, record)

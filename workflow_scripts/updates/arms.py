@@ -56,20 +56,26 @@ def run_arm(
         inputs = StrategyInputs({m.name: m.out_features for m in modules}, **usage)
         update_mask = parameter_masks(model, neuron_mask(arm.strategy, inputs, k, arm.seed))
         trainable = only_tracked(model)
-    curve = []
+    curve, eval_seconds = [], 0.0
 
     def on_epoch(epoch, record):
-        if curves:
-            row = evaluate_update(model, tokenizer, old, new, known_before, target_column)
-            curve.append({"epoch": epoch, "loss": record["loss"], **row})
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        row = evaluate_update(model, tokenizer, old, new, known_before, target_column)
+        curve.append({"epoch": epoch, "loss": record["loss"], **row})
+        eval_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
-    train(model, tokenizer, new.prompt.tolist(), new[target_column].tolist(), cfg, trainable=trainable,
-          update_mask=update_mask, on_epoch=on_epoch if curves else None)
-    seconds = time.perf_counter() - start
+    history = train(model, tokenizer, new.prompt.tolist(), new[target_column].tolist(), cfg, trainable=trainable,
+                    update_mask=update_mask, on_epoch=on_epoch if curves else None)
+    seconds = time.perf_counter() - start - eval_seconds
     if arm.strategy == "lora":
         merge_lora(model)
-    row = evaluate_update(model, tokenizer, old, new, known_before, target_column)
+    if curves:  # the last epoch's evaluation is the arm's result (a merged adapter computes the same)
+        row = {key: value for key, value in curve[-1].items() if key not in ("epoch", "loss")}
+    else:
+        row = evaluate_update(model, tokenizer, old, new, known_before, target_column)
+        curve.append({"epoch": history[-1]["epoch"], "loss": history[-1]["loss"], **row})
     row.update(strategy=arm.strategy, k=k if k is not None else total, k_fraction=(k or total) / total,
                seed=arm.seed, lr=cfg.lr, epochs=cfg.epochs, train_seconds=seconds)
     return row, pd.DataFrame(curve)

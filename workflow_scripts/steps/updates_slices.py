@@ -1,0 +1,25 @@
+"""Rule updates_slices: slices A, B, C and K of one fold of the targeted-update experiments."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
+import pandas as pd  # noqa: E402
+
+from workflow_scripts.facts.schema import read_facts  # noqa: E402
+from workflow_scripts.io import write_parquet  # noqa: E402
+from workflow_scripts.steps._runner import run_step  # noqa: E402
+from workflow_scripts.updates.slices import known_case_ids, update_slices  # noqa: E402
+
+
+def main(input, output, params, threads):
+    ids = [r["case_id"] for r in read_facts(input.facts)]
+    history = pd.read_parquet(input.history_slices)
+    excluded = set(history.case_id[history.slice == "H"])
+    known = known_case_ids(pd.read_parquet(input.known_by_base))
+    write_parquet(update_slices(ids, excluded, known, dict(params.sizes), params.seed), output.slices)
+
+
+if __name__ == "__main__":
+    run_step(main, globals().get("snakemake"))

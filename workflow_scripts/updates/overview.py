@@ -1,0 +1,263 @@
+"""Across the targeted-update experiments: dissonant vs matched non-dissonant updates, where the
+stubborn neurons sit, how usage is distributed, and the learning-rate and epoch sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts.io import write_text
+from workflow_scripts.strategies import StrategyInputs, neuron_mask, resolve_k
+from workflow_scripts.updates.report import _pyplot, _savefig, main_setting
+
+LEARNED = 0.9  # "learned" = at least this accuracy on the update facts
+
+
+def arm_label(strategy: str, k: int, total: int) -> str:
+    return strategy if strategy in ("full", "lora") else f"{strategy} k={k:,} ({100 * k / total:.3g}%)"
+
+
+def epochs_to_learn(curves: pd.DataFrame, threshold: float = LEARNED) -> pd.DataFrame:
+    """Per experiment, arm and fold: the first epoch whose update accuracy reaches ``threshold``
+    (NaN if none did) and the old-knowledge retention at that epoch."""
+    rows = []
+    for key, part in curves.groupby(["experiment", "setting", "strategy", "k", "fold"]):
+        part = part.sort_values("epoch")
+        hit = part[part.acc_new >= threshold]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append(dict(zip(["experiment", "setting", "strategy", "k", "fold"], key),
+                         epochs_to_learn=float(first.epoch) if first is not None else np.nan,
+                         retention_when_learned=float(first.retention_old) if first is not None else np.nan,
+                         epochs_run=int(part.epoch.max())))
+    return pd.DataFrame(rows)
+
+
+def dissonance_table(metrics: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Experiments 3.1 and 3.3 side by side at their own setting: mean over folds per arm."""
+    both = metrics[metrics.experiment.isin(["3.1", "3.3"])]
+    if both.experiment.nunique() < 2:
+        return pd.DataFrame()
+    setting = main_setting(both)
+    both = both[both.setting == setting]
+    mean = both.groupby(["strategy", "k", "experiment"])[["retention_old", "acc_new", "acc_gen"]].mean()
+    wide = mean.unstack("experiment")
+    wide.columns = [f"{m}_{'dissonant' if e == '3.1' else 'matched'}" for m, e in wide.columns]
+    epochs = epochs_to_learn(curves[curves.experiment.isin(["3.1", "3.3"]) & (curves.setting == setting)])
+    if len(epochs):
+        e = epochs.groupby(["strategy", "k", "experiment"]).epochs_to_learn.mean().unstack("experiment")
+        e.columns = [f"epochs_to_learn_{'dissonant' if c == '3.1' else 'matched'}" for c in e.columns]
+        wide = wide.join(e)
+    return wide.reset_index()
+
+
+def plot_dissonance(metrics: pd.DataFrame, curves: pd.DataFrame, total: int, dest: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    table = dissonance_table(metrics, curves)
+    if table.empty:
+        for ax in axes:
+            ax.axis("off")
+        axes[1].text(0.5, 0.5, "needs experiments 3.1 and 3.3", ha="center")
+        _savefig(fig, dest)
+        return
+    labels = [arm_label(s, int(k), total) for s, k in zip(table.strategy, table.k)]
+    x = np.arange(len(table))
+    axes[0].bar(x - 0.2, table.retention_old_matched, 0.4, label="matched new facts C (3.3)", color="tab:blue")
+    axes[0].bar(x + 0.2, table.retention_old_dissonant, 0.4, label="counterfact(B) (3.1)", color="tab:red")
+    axes[0].set_xticks(x, labels, rotation=25, ha="right", fontsize=7)
+    axes[0].set_ylabel("old facts retained (known before the update)")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    setting = main_setting(metrics[metrics.experiment.isin(["3.1", "3.3"])])
+    part = curves[curves.experiment.isin(["3.1", "3.3"]) & (curves.setting == setting)]
+    colors = dict(zip(table.strategy.unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (exp, strategy, k), rows in part.groupby(["experiment", "strategy", "k"]):
+        mean = rows.groupby("epoch")[["acc_new", "retention_old"]].mean()
+        style = "-" if exp == "3.1" else "--"
+        name = f"{arm_label(strategy, int(k), total)}, {'dissonant' if exp == '3.1' else 'matched'}"
+        axes[1].plot(mean.index, mean.acc_new, style, marker=".", color=colors.get(strategy), label=name)
+        axes[2].plot(mean.index, mean.retention_old, style, marker=".", color=colors.get(strategy), label=name)
+    axes[1].set_ylabel("update facts learned")
+    axes[2].set_ylabel("old facts retained")
+    for ax in axes[1:]:
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-0.02, 1.02)
+    axes[2].legend(fontsize=6)
+    fig.suptitle("Dissonant (solid, red) vs matched non-dissonant (dashed, blue) updates of model AB", fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, dest)
+
+
+def module_table(model) -> pd.DataFrame:
+    """Tracked neurons per module: name, block, type, width (architecture knowledge from one place)."""
+    from workflow_scripts.models.architectures import linear_modules
+
+    return pd.DataFrame([{"name": m.name, "block": m.block, "type": m.type, "width": m.out_features}
+                         for m in linear_modules(model)])
+
+
+def stubborn_location(usage_per_fold: list[dict], modules: pd.DataFrame, ks: list[float]) -> pd.DataFrame:
+    """Share of the top-k old-usage (stubborn) neurons in each block and module type, mean over folds,
+    with the share a uniform choice would give."""
+    widths = dict(zip(modules.name, modules.width))
+    total = int(modules.width.sum())
+    rows = []
+    for k_value in ks:
+        k = resolve_k(k_value, total)
+        for fold, usage in enumerate(usage_per_fold):
+            mask = neuron_mask("stubborn", StrategyInputs(widths, old=usage), k)
+            for name, chosen in mask.items():
+                rows.append({"k": k, "fold": fold, "name": name, "chosen": int(chosen.sum())})
+    counts = pd.DataFrame(rows).merge(modules, on="name")
+    out = []
+    for by in ("block", "type"):
+        grouped = counts.groupby(["k", "fold", by]).agg(chosen=("chosen", "sum"), width=("width", "sum")).reset_index()
+        grouped["share"] = grouped.chosen / grouped.k
+        grouped["uniform_share"] = grouped.width / total
+        mean = grouped.groupby(["k", by])[["share", "uniform_share"]].mean().reset_index()
+        out.append(mean.rename(columns={by: "group"}).assign(by=by, group=lambda d: d.group.astype(str)))
+    return pd.concat(out, ignore_index=True)
+
+
+def plot_stubborn_location(location: pd.DataFrame, dest: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    blocks = location[location.by == "block"].assign(group=lambda d: d.group.astype(int))
+    for k, part in blocks.groupby("k"):
+        part = part.sort_values("group")
+        axes[0].plot(part.group, part.share, marker=".", label=f"k = {k:,}")
+    uniform = blocks.drop_duplicates("group").sort_values("group")
+    axes[0].plot(uniform.group, uniform.uniform_share, ls=":", color="grey", label="uniform")
+    axes[0].set_xlabel("block")
+    axes[0].set_ylabel("share of stubborn neurons")
+    axes[0].legend(fontsize=7)
+    types = location[location.by == "type"]
+    names = sorted(types.group.unique())
+    ks = sorted(types.k.unique())
+    width = 0.8 / (len(ks) + 1)
+    x = np.arange(len(names))
+    for i, k in enumerate(ks):
+        part = types[types.k == k].set_index("group").reindex(names)
+        axes[1].bar(x + i * width, part.share, width, label=f"k = {k:,}")
+    uniform = types.drop_duplicates("group").set_index("group").reindex(names)
+    axes[1].bar(x + len(ks) * width, uniform.uniform_share, width, color="lightgrey", label="uniform")
+    axes[1].set_xticks(x + width * len(ks) / 2, names, rotation=30, ha="right", fontsize=8)
+    axes[1].set_ylabel("share of stubborn neurons")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Where the stubborn neurons (top-k usage while learning the old facts A) sit", fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, dest)
+
+
+def usage_frame(usages: dict[str, dict], modules: pd.DataFrame) -> pd.DataFrame:
+    """Long table of per-neuron usage: source, module type, block, score."""
+    kinds = dict(zip(modules.name, zip(modules.type, modules.block)))
+    parts = []
+    for source, usage in usages.items():
+        for name, scores in usage.items():
+            mtype, block = kinds.get(name, ("?", -1))
+            parts.append(pd.DataFrame({"source": source, "type": mtype, "block": block, "score": scores.float().numpy()}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def plot_usage_distribution(frame: pd.DataFrame, score_name: str, dest: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    positive = frame[frame.score > 0]
+    low, high = np.log10(positive.score.min()), np.log10(positive.score.max())
+    bins = np.linspace(low, high, 60)
+    for source, part in positive.groupby("source"):
+        axes[0].hist(np.log10(part.score), bins=bins, histtype="step", density=True, label=source)
+    axes[0].set_xlabel(f"log10 usage ({score_name})")
+    axes[0].set_ylabel("density of neurons")
+    axes[0].legend(fontsize=7)
+    first = positive[positive.source == positive.source.iloc[0]]
+    names = sorted(first.type.unique())
+    axes[1].boxplot([np.log10(first[first.type == t].score) for t in names], showfliers=False)
+    axes[1].set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
+    axes[1].set_ylabel(f"log10 usage, {positive.source.iloc[0]}")
+    zero = (frame.score == 0).groupby(frame.source).mean()
+    fig.suptitle("Distribution of per-neuron usage; share exactly zero: "
+                 + ", ".join(f"{s} {100 * z:.1f}%" for s, z in zero.items()), fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, dest)
+
+
+def plot_sweeps(metrics: pd.DataFrame, total: int, dest: str) -> bool:
+    """Learning-rate ratio sweep (2.1) and epoch sweep (3.1 vs 3.3); False if nothing was swept."""
+    plt = _pyplot()
+    lr = metrics[metrics.experiment == "2.1"]
+    lr = lr[lr.groupby(["strategy", "k"]).lr_ratio.transform("nunique") > 1]
+    ep = metrics[metrics.experiment.isin(["3.1", "3.3"])]
+    ep = ep[ep.groupby(["experiment", "strategy", "k"]).epochs.transform("nunique") > 1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for (strategy, k), part in lr.groupby(["strategy", "k"]):
+        mean = part.groupby("lr_ratio")[["acc_old", "acc_new"]].mean()
+        line = axes[0].plot(mean.index, mean.acc_old, marker="o", label=f"{arm_label(strategy, int(k), total)}: old")
+        axes[0].plot(mean.index, mean.acc_new, marker="s", ls="--", color=line[0].get_color(), label="  new")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("update learning rate / old-stage learning rate (2.1)")
+    axes[0].set_ylabel("accuracy")
+    for (exp, strategy, k), part in ep.groupby(["experiment", "strategy", "k"]):
+        mean = part.groupby("epochs")[["retention_old", "acc_new"]].mean()
+        kind = "dissonant" if exp == "3.1" else "matched"
+        line = axes[1].plot(mean.index, mean.acc_new, marker="s", ls="--", label=f"{arm_label(strategy, int(k), total)}, {kind}: new")
+        axes[1].plot(mean.index, mean.retention_old, marker="o", color=line[0].get_color(), label="  old retained")
+    axes[1].set_xlabel("epochs of the update (3.1 vs 3.3)")
+    for ax, empty in ((axes[0], lr.empty), (axes[1], ep.empty)):
+        ax.set_ylim(-0.02, 1.02)
+        if empty:
+            ax.text(0.5, 0.5, "not swept (updates.sweeps)", ha="center", transform=ax.transAxes)
+        else:
+            ax.legend(fontsize=6)
+    fig.suptitle("The original's addenda: learning-rate ratio and epochs", fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, dest)
+    return not (lr.empty and ep.empty)
+
+
+def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_paths: dict[str, list[str]],
+                   model_dir: str, usage_score: str, ks: list[float], out: dict) -> str:
+    """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one)."""
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.training.usage import load_usage
+
+    metrics = pd.concat([pd.read_parquet(p) for p in metrics_paths], ignore_index=True)
+    curves = pd.concat([pd.read_parquet(p) for p in curves_paths], ignore_index=True)
+    model, _ = load_model(model_dir, dtype="float32", device="cpu")
+    modules = module_table(model)
+    del model
+    total = int(modules.width.sum())
+    usage_a = [load_usage(p, usage_score) for p in usage_paths["A"]]
+    location = stubborn_location(usage_a, modules, ks)
+    plot_stubborn_location(location, out["location"])
+    frame = usage_frame({f"{s} (fold 0)" if s != "H" else "H": load_usage(paths[0], usage_score)
+                         for s, paths in usage_paths.items()}, modules)
+    plot_usage_distribution(frame, usage_score, out["usage"])
+    plot_dissonance(metrics, curves, total, out["dissonance"])
+    swept = plot_sweeps(metrics, total, out["sweeps"])
+
+    lines = ["# Targeted updates: overview", "",
+             f"{total:,} tracked neurons ({len(modules)} linear modules). Usage score: {usage_score}.", ""]
+    table = dissonance_table(metrics, curves)
+    if len(table):
+        show = table.copy()
+        show.insert(0, "arm", [arm_label(s, int(k), total) for s, k in zip(show.pop("strategy"), show.pop("k"))])
+        lines += ["## Dissonant vs matched non-dissonant update (3.1 vs 3.3)", "",
+                  "Old facts (A) retained, update accuracy and generalisation, mean over folds; epochs to learn = "
+                  f"first epoch with update accuracy >= {LEARNED} (from the per-epoch curves).", "",
+                  show.round(3).to_markdown(index=False), ""]
+    summary = (metrics.groupby(["experiment", "setting", "strategy", "k"])[["retention_old", "acc_new", "acc_gen", "harmonic_mean"]]
+               .mean().reset_index())
+    summary.insert(3, "arm", [arm_label(s, int(k), total) for s, k in zip(summary.strategy, summary.k)])
+    lines += ["## Every arm (mean over folds)", "",
+              summary.drop(columns=["strategy", "k"]).round(3).to_markdown(index=False), "",
+              "## Where the stubborn neurons sit", "",
+              "Share of the top-k neurons by A's usage per module type (uniform = share of all neurons):", "",
+              location[location.by == "type"].drop(columns="by").round(3).to_markdown(index=False), ""]
+    if not swept:
+        lines += ["No learning-rate or epoch sweep configured (updates.sweeps); with a constant learning rate, "
+                  "the per-epoch curves above already show what fewer epochs give.", ""]
+    text = "\n".join(lines)
+    write_text(text, out["summary"])
+    return text

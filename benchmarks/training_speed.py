@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import workflow_scripts  # noqa: E402,F401  (before torch: its allocator settings, see the package)
+import torch  # noqa: E402
 from workflow_scripts.facts.schema import flat_facts  # noqa: E402
 from workflow_scripts.facts.starter import starter_records  # noqa: E402
 from workflow_scripts.metrics import accuracy  # noqa: E402

@@ -5,12 +5,12 @@ import torch
 
 from workflow_scripts.facts.schema import flat_facts
 from workflow_scripts.metrics import accuracy
-from workflow_scripts.metrics.exact_match import encode_pair
+from workflow_scripts.metrics.exact_match import encode_pair, pad_id
 from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.strategies import StrategyInputs, neuron_mask
 from workflow_scripts.training.masks import only_tracked, parameter_masks
-from workflow_scripts.training.train import TrainConfig, answer_loss, collate, train
+from workflow_scripts.training.train import TrainConfig, answer_loss, collate, collate_packed, train
 from workflow_scripts.training.usage import UsageTracker, load_usage, save_usage
 
 
@@ -121,3 +121,33 @@ def test_a_short_last_batch_weighs_each_fact_like_any_other(fresh, facts):
         mean = answer_loss(model, ids, att, ans)
         nominal = answer_loss(model, ids, att, ans, per_batch=6)
     torch.testing.assert_close(nominal, mean * 3 / 6)
+
+
+def test_packed_batch_has_the_padded_batch_loss_and_gradients(fresh, facts):
+    model, tok = fresh
+    model.eval()  # no dropout, so both forward passes are deterministic
+    pairs = [encode_pair(tok, p, t) for p, t in zip(facts.prompt[:10], facts.target_true[:10])]
+    assert len({len(p.ids) for p in pairs}) > 1  # the padded batch really has padding
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids, att, ans = collate(pairs, range(10), pad_id=pad_id(tok))
+    padded = answer_loss(model, ids, att, ans, per_batch=16)
+    padded_grads = torch.autograd.grad(padded, params)
+    ids, positions, ans, owner = collate_packed(pairs, range(10))
+    assert ids.shape == (1, sum(len(p.ids) for p in pairs)) and positions[0, 0] == 0
+    assert ans.sum() == sum(p.target_end - p.target_start for p in pairs) == len(owner)
+    packed = answer_loss(model, ids, None, ans, per_batch=16, position_ids=positions, owner=owner)
+    packed_grads = torch.autograd.grad(packed, params)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_and_padded_training_end_alike(tiny_model_dirs, facts):
+    prompts, targets = facts.prompt.tolist(), facts.target_true.tolist()
+    results = []
+    for pack in (True, False):
+        model, tok = load_model(tiny_model_dirs["llama"])  # no dropout
+        history = train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=4, batch_size=8, pack=pack))
+        results.append(([h["loss"] for h in history], accuracy(model, tok, prompts, targets)))
+    (loss_packed, acc_packed), (loss_padded, acc_padded) = results
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-3) and acc_packed == acc_padded

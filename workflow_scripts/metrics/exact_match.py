@@ -84,16 +84,21 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def target_logits(model, input_ids, attention_mask, mask, inputs_embeds=None) -> torch.Tensor:
+def target_logits(model, input_ids, attention_mask, mask, inputs_embeds=None, position_ids=None) -> torch.Tensor:
     """Logits (float32) at the positions ``mask`` selects among ``[:, :-1]``, i.e. those predicting
-    target tokens. The vocabulary projection runs only there when the architecture allows it."""
+    target tokens. The vocabulary projection runs only there when the architecture allows it.
+    ``position_ids`` that restart inside a row (with no attention mask) mark packed facts, which
+    then attend only within themselves."""
     inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    inputs.update(attention_mask=attention_mask, use_cache=False)
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
     parts = body_and_head(model)
     if parts is None:
-        logits = model(**inputs, attention_mask=attention_mask).logits
+        logits = model(**inputs).logits
         return logits[:, :-1][mask].float()
     body, head = parts
-    hidden = body(**inputs, attention_mask=attention_mask).last_hidden_state
+    hidden = body(**inputs).last_hidden_state
     return head(hidden[:, :-1][mask]).float()
 
 

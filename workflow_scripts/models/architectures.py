@@ -129,6 +129,18 @@ def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return (model.base_model, head) if head is not None else None
 
 
+# Attention implementations that keep packed facts apart when position ids restart inside a row.
+_PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Whether several facts may share one row (transformers builds a block-diagonal causal mask
+    from position ids that restart at 0) for this architecture and attention implementation."""
+    config = model.config
+    return (getattr(config, "model_type", None) in LAYOUTS
+            and getattr(config, "_attn_implementation", None) in _PACKING_ATTENTION)
+
+
 def count_neurons(model: nn.Module) -> int:
     return sum(m.out_features for m in linear_modules(model))
 

@@ -2,7 +2,9 @@
 
 - Loss on answer tokens only (never prompt or padding), each fact weighted equally; the language-model
   head runs only at the positions that predict answer tokens.
-- Batches are bucketed by length (little padding) and their order is shuffled with the seed.
+- Batches are bucketed by length and their order is shuffled with the seed. A batch's facts are packed
+  back to back in one row (position ids restart per fact, so each attends only to itself): no compute
+  is spent on padding. The loss and gradients equal the padded batch's (tested).
 - AdamW (fused on CPU), constant or linear schedule with warm-up, gradient-norm clipping.
 - An optional per-parameter update mask: masked-out entries are restored after every optimiser step,
   so they never move, whatever the weight decay or optimiser state.
@@ -19,7 +21,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from workflow_scripts.runtime import keep_freed_memory
 from workflow_scripts.metrics.exact_match import (
     EncodedPair,
     accuracy,
@@ -28,6 +29,8 @@ from workflow_scripts.metrics.exact_match import (
     pad_right,
     target_logits,
 )
+from workflow_scripts.models.architectures import supports_packing
+from workflow_scripts.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class TrainConfig:
     warmup_steps: int = 0
     seed: int = 0
     stop_at_accuracy: float | None = None  # stop after the epoch where training accuracy reaches it
+    pack: bool = True  # facts of a batch back to back in one row (no padding) where the model allows it
 
     def __post_init__(self):
         if self.schedule not in ("constant", "linear"):
@@ -72,18 +76,40 @@ def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int, devic
     return input_ids.to(device), mask.long().to(device), answer.to(device)
 
 
-def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None) -> torch.Tensor:
+def collate_packed(pairs: Sequence[EncodedPair], idx: Sequence[int], device=None):
+    """The batch's facts back to back in one row, without padding: (input_ids (1, L), position_ids
+    (1, L), answer_mask (1, L-1), owner) where position ids restart at 0 for every fact (the model
+    then attends only within a fact) and ``owner`` gives the fact of each answer position."""
+    ids, positions, answer_at, owner = [], [], [], []
+    for n, i in enumerate(idx):
+        p = pairs[i]
+        offset = len(ids)
+        ids.extend(p.ids)
+        positions.extend(range(len(p.ids)))
+        answer_at.extend(range(offset + p.target_start - 1, offset + p.target_end - 1))
+        owner.extend([n] * (p.target_end - p.target_start))
+    answer = torch.zeros((1, len(ids) - 1), dtype=torch.bool)
+    answer[0, answer_at] = True
+    return (torch.tensor([ids], device=device), torch.tensor([positions], device=device), answer.to(device),
+            torch.tensor(owner, device=device))
+
+
+def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None, position_ids=None,
+                owner=None) -> torch.Tensor:
     """Sum over facts of the mean cross-entropy over each fact's answer tokens, divided by
-    ``per_batch`` (the nominal batch size; default: this batch's size). With the nominal size, a
-    fact in a short last batch weighs the same as any other."""
-    logits = target_logits(model, input_ids, attention, answer)
+    ``per_batch`` (the nominal batch size; default: this batch's number of facts). With the nominal
+    size, a fact in a short last batch weighs the same as any other. ``owner`` (the fact of each
+    answer position) is needed for packed rows (see :func:`collate_packed`); otherwise a row is a fact."""
+    logits = target_logits(model, input_ids, attention, answer, position_ids=position_ids)
     gold = input_ids[:, 1:][answer]
     token_loss = F.cross_entropy(logits, gold, reduction="none")
     device = token_loss.device
-    owner = torch.arange(len(input_ids), device=device)[:, None].expand_as(answer)[answer]
-    per_fact = torch.zeros(len(input_ids), device=device).index_add_(0, owner, token_loss)
-    counts = torch.bincount(owner, minlength=len(input_ids)).clamp(min=1)
-    return (per_fact / counts).sum() / (per_batch or len(input_ids))
+    if owner is None:
+        owner = torch.arange(len(input_ids), device=device)[:, None].expand_as(answer)[answer]
+    facts = int(owner.max()) + 1
+    per_fact = torch.zeros(facts, device=device).index_add_(0, owner, token_loss)
+    counts = torch.bincount(owner, minlength=facts).clamp(min=1)
+    return (per_fact / counts).sum() / (per_batch or facts)
 
 
 def train(
@@ -111,6 +137,7 @@ def train(
     rng = random.Random(cfg.seed)
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
     pad = pad_id(tokenizer)
+    packed = cfg.pack and supports_packing(model)
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]
     for n, p in model.named_parameters():
@@ -137,10 +164,15 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         start, losses = time.perf_counter(), []
         for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
-            input_ids, attention, answer = collate(pairs, idx, pad, device)
+            if packed:
+                input_ids, position_ids, answer, owner = collate_packed(pairs, idx, device)
+                attention = None
+            else:
+                (input_ids, attention, answer), position_ids, owner = collate(pairs, idx, pad, device), None, None
             if tracker is not None:
-                tracker.positions = torch.cat([answer, torch.zeros(len(idx), 1, dtype=torch.bool, device=device)], 1)
-            loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size)
+                tracker.positions = torch.cat([answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=device)], 1)
+            loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size,
+                               position_ids=position_ids, owner=owner)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():

@@ -10,7 +10,7 @@ from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.strategies import StrategyInputs, neuron_mask
 from workflow_scripts.training.masks import only_tracked, parameter_masks
-from workflow_scripts.training.train import TrainConfig, answer_loss, collate, collate_packed, train
+from workflow_scripts.training.train import TrainConfig, answer_loss, clip_in_step, collate, collate_packed, train
 from workflow_scripts.training.usage import UsageTracker, load_usage, save_usage
 
 
@@ -31,6 +31,32 @@ def test_full_training_learns_the_facts(fresh, facts):
                     TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
     assert before < 0.2 and history[-1]["train_accuracy"] == 1.0
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping active / inactive
+def test_clipping_inside_the_fused_step_equals_clip_grad_norm(max_norm):
+    def run(fold: bool):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+        params = list(net.parameters())
+        start = torch.cat([p.detach().flatten() for p in params])
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=True)
+        norms = []
+        for step in range(5):
+            x, y = torch.randn(32, 8), torch.randn(32, 4)
+            opt.zero_grad(set_to_none=True)
+            (10 * (net(x) - y) ** 2).mean().backward()
+            norms.append(float(clip_in_step(opt, params, max_norm) if fold
+                               else torch.nn.utils.clip_grad_norm_(params, max_norm)))
+            opt.step()
+        end = torch.cat([p.detach().flatten() for p in params])
+        return end, norms, (end - start).abs().max()
+
+    folded, folded_norms, moved = run(True)
+    plain, plain_norms, _ = run(False)
+    assert min(plain_norms) > 0.05  # with max_norm 0.05 every step is clipped
+    assert folded_norms == pytest.approx(plain_norms, rel=1e-5)
+    assert moved > 1e-3 and torch.allclose(folded, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_masked_neurons_never_change_even_with_weight_decay(fresh, facts):

@@ -1,15 +1,25 @@
 """The one training routine vs a plain transformers.Trainer full fine-tune, same model, facts,
 epochs, batch size, learning rate, schedule, clipping and precision (fp32).
 
-Prints facts x epochs per second for both, the ratio, both final accuracies, the routine's useful
-FLOP rate (6 x non-embedding parameters x non-padding tokens, plus the LM head at answer tokens
-only) as a share of this machine's fp32 matmul peak (measured here), over the whole run and after
-its first epoch, and peak memory; then one line of name=value pairs. Uses results/model (run `make run` first) or converts the embedded model.
+Every run is a fresh process (so no run inherits another's heap), and the contenders take turns
+over ROUNDS rounds; each contender's best round counts. Prints facts x epochs per second for both,
+the ratio, both final accuracies, the routine's useful FLOP rate (6 x non-embedding parameters x
+non-padding tokens, plus the LM head at answer tokens only) as a share of this machine's fp32 matmul
+peak (measured here), over the whole run and after its first epoch, and the routine's peak memory.
+Also: the Trainer with the routine's allocator setting (what that setting alone gives), and, where
+the CPU has native bf16 (AVX-512 BF16 or AMX), the routine with bf16 autocast, reported separately
+with its accuracy. Last, one line of name=value pairs. Uses results/model (run `make run` first) or
+converts the embedded model.
+
+    python benchmarks/training_speed.py            # the comparison
+    python benchmarks/training_speed.py --run NAME # one contender, one JSON line (used by the above)
 """
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +34,10 @@ from workflow_scripts.facts.starter import starter_records  # noqa: E402
 from workflow_scripts.metrics import accuracy  # noqa: E402
 from workflow_scripts.metrics.exact_match import encode_pair  # noqa: E402
 from workflow_scripts.models.loading import converted_model_dir, load_model  # noqa: E402
-from workflow_scripts.training.train import TrainConfig, train  # noqa: E402
+from workflow_scripts.training.train import TrainConfig, bf16_supported, train  # noqa: E402
 
-N_FACTS, EPOCHS, BATCH, LR = 96, 2, 16, 1e-4
+N_FACTS, EPOCHS, BATCH, LR, ROUNDS = 96, 3, 16, 1e-4, 2
+CONTENDERS = ("trainer", "routine", "trainer_same_allocator", "routine_bf16")
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -42,11 +53,12 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5, trials: int = 5) -> float
     return best
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+def facts() -> tuple[list[str], list[str]]:
+    flat = flat_facts(starter_records()).sample(N_FACTS, random_state=0)
+    return flat.prompt.tolist(), flat.target_true.tolist()
 
 
-def trainer_run(model, tok, prompts, targets) -> float:
+def trainer_train(model, tok, prompts, targets) -> None:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -65,70 +77,106 @@ def trainer_run(model, tok, prompts, targets) -> float:
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-    start = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - start
 
 
-def main() -> None:
+def run_one(name: str, model_dir: str) -> dict:
+    """One contender in this process: seconds, seconds per epoch after the first (routine only),
+    final accuracy on the training facts, peak RSS."""
+    from workflow_scripts.runtime import keep_freed_memory
+
     torch.set_num_threads(2)
-    model_dir = converted_model_dir()
-    flat = flat_facts(starter_records()).sample(N_FACTS, random_state=0)
-    prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
-
-    peak = matmul_peak_flops()
+    prompts, targets = facts()
     model, tok = load_model(model_dir, dtype="float32")
-    pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
+    warm = float("nan")
+    start = time.perf_counter()
+    if name.startswith("trainer"):
+        if name == "trainer_same_allocator":
+            keep_freed_memory()
+        trainer_train(model, tok, prompts, targets)  # the plain one keeps the C library's default allocator
+    else:
+        cfg = TrainConfig(lr=LR, epochs=EPOCHS, batch_size=BATCH, schedule="linear", max_grad_norm=1.0,
+                          precision="bf16" if name == "routine_bf16" else "fp32")
+        history = train(model, tok, prompts, targets, cfg)  # also keeps freed memory in the heap
+        # after the first epoch, which pays for first-touch memory (gradients, optimiser state)
+        warm = sum(h["seconds"] for h in history[1:]) / max(1, len(history) - 1)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return {"name": name, "seconds": seconds, "epoch_seconds_after_first": warm,
+            "accuracy": accuracy(model, tok, prompts, targets),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+
+
+def useful_flops(model_dir) -> float:
+    """6 x non-embedding parameters x tokens, plus the tied LM head at answer tokens, per epoch."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pairs = [encode_pair(tok, p, t) for p, t in zip(*facts())]
     tokens = sum(len(p.ids) for p in pairs)
     answer_tokens = sum(p.n_target for p in pairs)
     embed = model.get_input_embeddings().weight
     non_embedding = sum(p.numel() for p in model.parameters()) - embed.numel()
-    head = embed.shape[0] * embed.shape[1]  # tied LM head: vocabulary x hidden
-    useful = EPOCHS * (6 * non_embedding * tokens + 6 * head * answer_tokens)
+    head = embed.shape[0] * embed.shape[1]  # vocabulary x hidden
+    return 6 * non_embedding * tokens + 6 * head * answer_tokens
 
-    def run_trainer() -> tuple[float, float]:
-        model, tok = load_model(model_dir, dtype="float32")
-        seconds = trainer_run(model, tok, prompts, targets)
-        model.eval()
-        return seconds, accuracy(model, tok, prompts, targets)
 
-    # The plain Trainer runs first, with the C library's default allocator (as a user would run it).
-    trainer_s, trainer_acc = run_trainer()
-    del model
-    model, tok = load_model(model_dir, dtype="float32")
-    cfg = TrainConfig(lr=LR, epochs=EPOCHS, batch_size=BATCH, schedule="linear", max_grad_norm=1.0)
-    start = time.perf_counter()
-    history = train(model, tok, prompts, targets, cfg)  # also keeps freed memory in the heap from here on
-    ours_s = time.perf_counter() - start
-    # After the first epoch (which pays for first-touch memory: gradients, optimiser state, activations)
-    warm_s = sum(h["seconds"] for h in history[1:]) / max(1, len(history) - 1)
-    ours_rss = peak_rss_gb()
-    ours_acc = accuracy(model, tok, prompts, targets)
-    del model
-    # The Trainer again, now with the routine's allocator setting: what the routine itself adds.
-    tuned_s, tuned_acc = run_trainer()
-
-    ours_rate, trainer_rate, tuned_rate = (N_FACTS * EPOCHS / s for s in (ours_s, trainer_s, tuned_s))
-    share = useful / ours_s / peak
-    warm_share = useful / EPOCHS / warm_s / peak
-    print(f"{N_FACTS} facts x {EPOCHS} epochs, batch {BATCH}, lr {LR}, fp32, linear schedule, clipping 1.0")
-    print(f"routine: {ours_s:.1f} s = {ours_rate:.2f} facts*epochs/s, final accuracy {ours_acc:.3f}")
-    print(f"Trainer: {trainer_s:.1f} s = {trainer_rate:.2f} facts*epochs/s, final accuracy {trainer_acc:.3f}")
-    print(f"Trainer with the routine's allocator setting: {tuned_s:.1f} s = {tuned_rate:.2f} facts*epochs/s, "
-          f"final accuracy {tuned_acc:.3f}")
-    print(f"speed ratio: {ours_rate / trainer_rate:.2f}x the plain Trainer, {ours_rate / tuned_rate:.2f}x the "
+def main() -> None:
+    torch.set_num_threads(2)
+    model_dir = str(converted_model_dir())
+    peak = matmul_peak_flops()
+    useful = useful_flops(model_dir)
+    contenders = [c for c in CONTENDERS if c != "routine_bf16" or bf16_supported(torch.device("cpu"))]
+    runs: dict[str, list[dict]] = {c: [] for c in contenders}
+    for round_ in range(ROUNDS):
+        for name in contenders:
+            out = subprocess.run([sys.executable, __file__, "--run", name, model_dir], check=True,
+                                 capture_output=True, text=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}: {name:24s} {runs[name][-1]['seconds']:.1f} s", flush=True)
+    best = {name: min(rs, key=lambda r: r["seconds"]) for name, rs in runs.items()}
+    rate = {name: N_FACTS * EPOCHS / r["seconds"] for name, r in best.items()}
+    ours, plain, tuned = best["routine"], best["trainer"], best["trainer_same_allocator"]
+    speedup = rate["routine"] / rate["trainer"]
+    share = useful * EPOCHS / ours["seconds"] / peak
+    warm_share = useful / ours["epoch_seconds_after_first"] / peak
+    print(f"{N_FACTS} facts x {EPOCHS} epochs, batch {BATCH}, lr {LR}, fp32, linear schedule, clipping 1.0; "
+          f"best of {ROUNDS} rounds, every run a fresh process")
+    print(f"routine: {ours['seconds']:.1f} s = {rate['routine']:.2f} facts*epochs/s, final accuracy {ours['accuracy']:.3f}")
+    print(f"Trainer: {plain['seconds']:.1f} s = {rate['trainer']:.2f} facts*epochs/s, final accuracy {plain['accuracy']:.3f}")
+    print(f"Trainer with the routine's allocator setting: {tuned['seconds']:.1f} s = "
+          f"{rate['trainer_same_allocator']:.2f} facts*epochs/s, final accuracy {tuned['accuracy']:.3f}")
+    print(f"speed ratio: {speedup:.2f}x the plain Trainer, {rate['routine'] / rate['trainer_same_allocator']:.2f}x the "
           f"Trainer with the same allocator setting")
-    print(f"fp32 matmul peak here: {peak / 1e9:.1f} GFLOP/s; routine's useful FLOP rate {useful / ours_s / 1e9:.1f} "
-          f"GFLOP/s = {100 * share:.1f}% of peak")
-    print(f"routine after its first epoch: {warm_s:.1f} s per epoch, useful FLOP rate "
-          f"{useful / EPOCHS / warm_s / 1e9:.1f} GFLOP/s = {100 * warm_share:.1f}% of peak")
-    print(f"peak memory (RSS) after the routine (the Trainer ran before it): {ours_rss:.2f} GB")
-    print(f"routine_facts_epochs_per_s={ours_rate:.2f} trainer_facts_epochs_per_s={trainer_rate:.2f} "
-          f"speedup={ours_rate / trainer_rate:.2f} speedup_same_allocator={ours_rate / tuned_rate:.2f} routine_acc={ours_acc:.3f} trainer_acc={trainer_acc:.3f} "
-          f"useful_gflops={useful / ours_s / 1e9:.1f} peak_gflops={peak / 1e9:.1f} share_of_peak={share:.3f} "
-          f"share_of_peak_after_first_epoch={warm_share:.3f} "
-          f"peak_rss_gb={ours_rss:.2f}")
+    print(f"fp32 matmul peak here: {peak / 1e9:.1f} GFLOP/s; routine's useful FLOP rate "
+          f"{useful * EPOCHS / ours['seconds'] / 1e9:.1f} GFLOP/s = {100 * share:.1f}% of peak")
+    print(f"routine after its first epoch: {ours['epoch_seconds_after_first']:.2f} s per epoch, useful FLOP rate "
+          f"{useful / ours['epoch_seconds_after_first'] / 1e9:.1f} GFLOP/s = {100 * warm_share:.1f}% of peak")
+    print(f"peak memory (RSS) of the routine's process: {ours['peak_rss_gb']:.2f} GB "
+          f"(Trainer's: {plain['peak_rss_gb']:.2f} GB)")
+    pairs = (f"routine_facts_epochs_per_s={rate['routine']:.2f} trainer_facts_epochs_per_s={rate['trainer']:.2f} "
+             f"speedup={speedup:.2f} speedup_same_allocator={rate['routine'] / rate['trainer_same_allocator']:.2f} "
+             f"routine_acc={ours['accuracy']:.3f} trainer_acc={plain['accuracy']:.3f} "
+             f"useful_gflops={useful * EPOCHS / ours['seconds'] / 1e9:.1f} peak_gflops={peak / 1e9:.1f} "
+             f"share_of_peak={share:.3f} share_of_peak_after_first_epoch={warm_share:.3f} "
+             f"peak_rss_gb={ours['peak_rss_gb']:.2f}")
+    if "routine_bf16" in best:
+        bf16 = best["routine_bf16"]
+        print(f"routine with bf16 autocast: {rate['routine_bf16']:.2f} facts*epochs/s = "
+              f"{rate['routine_bf16'] / rate['trainer']:.2f}x the plain Trainer, final accuracy {bf16['accuracy']:.3f}")
+        pairs += f" bf16_facts_epochs_per_s={rate['routine_bf16']:.2f} bf16_acc={bf16['accuracy']:.3f}"
+    else:
+        print("routine with bf16 autocast: not run (no native bf16 on this CPU)")
+    print(pairs)
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--run":
+        print(json.dumps(run_one(sys.argv[2], sys.argv[3])))
+    else:
+        main()

@@ -10,7 +10,17 @@ from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.strategies import StrategyInputs, neuron_mask
 from workflow_scripts.training.masks import only_tracked, parameter_masks
-from workflow_scripts.training.train import TrainConfig, answer_loss, clip_in_step, collate, collate_packed, train
+from workflow_scripts.training.train import (
+    TrainConfig,
+    add_embedding_rows,
+    answer_loss,
+    bf16_supported,
+    clip_in_step,
+    collate,
+    collate_packed,
+    embedding_leaf,
+    train,
+)
 from workflow_scripts.training.usage import UsageTracker, load_usage, save_usage
 
 
@@ -31,6 +41,52 @@ def test_full_training_learns_the_facts(fresh, facts):
                     TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
     assert before < 0.2 and history[-1]["train_accuracy"] == 1.0
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_row_wise_embedding_gradient_equals_autograds(fresh, facts, tied):
+    model, tok = fresh
+    if not tied:  # a separate head: the embedding's gradient then comes from the lookup alone
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    pairs = [encode_pair(tok, p, t) for p, t in zip(facts.prompt, facts.target_true)]
+    input_ids, positions, answer, owner = collate_packed(pairs, list(range(8)))
+    grads = []
+    for rows in (False, True):
+        model.zero_grad(set_to_none=True)
+        embeds = embedding_leaf(model, input_ids) if rows else None
+        answer_loss(model, input_ids, None, answer, position_ids=positions, owner=owner, inputs_embeds=embeds).backward()
+        if rows:
+            add_embedding_rows(model, input_ids, embeds)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    plain, row_wise = grads
+    assert plain.keys() == row_wise.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], row_wise[name], rtol=1e-5, atol=1e-7), name
+    embedding = model.get_input_embeddings().weight
+    used = torch.zeros(len(embedding), dtype=torch.bool)
+    used[input_ids.flatten()] = True
+    gradient = plain[[n for n, p in model.named_parameters() if p is embedding][0]]
+    assert gradient[used].abs().sum() > 0
+    if not tied:  # only the rows of the tokens used get any
+        assert gradient[~used].abs().sum() == 0
+
+
+def test_bf16_autocast_learns_like_fp32(tiny_model_dirs, facts):
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("no native bf16 on this CPU")
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model, tok = load_model(tiny_model_dirs["llama"])
+        history = train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
+                        TrainConfig(lr=3e-3, epochs=40, batch_size=8, precision=precision, stop_at_accuracy=1.0))
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+        results[precision] = history
+    assert results["bf16"][-1]["train_accuracy"] == 1.0
+    assert abs(len(results["bf16"]) - len(results["fp32"])) <= 5  # epochs to learn them all
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping active / inactive

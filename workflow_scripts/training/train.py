@@ -5,14 +5,19 @@
 - Batches are bucketed by length and their order is shuffled with the seed. A batch's facts are packed
   back to back in one row (position ids restart per fact, so each attends only to itself): no compute
   is spent on padding. The loss and gradients equal the padded batch's (tested).
+- The input embedding's gradient is added only to the rows a batch uses (autograd would build a
+  dense zero gradient of the whole vocabulary and add it to the tied head's); the sum is the same.
 - AdamW (fused on CPU), constant or linear schedule with warm-up, gradient-norm clipping (with the
   fused optimiser, the clipping factor is applied inside its step instead of in a separate pass).
+- Precision: fp32 (the default), or bf16 autocast of the forward pass (weights, gradients and the
+  optimiser stay fp32) where the device supports it.
 - An optional per-parameter update mask: masked-out entries are restored after every optimiser step,
   so they never move, whatever the weight decay or optimiser state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -48,10 +53,13 @@ class TrainConfig:
     seed: int = 0
     stop_at_accuracy: float | None = None  # stop after the epoch where training accuracy reaches it
     pack: bool = True  # facts of a batch back to back in one row (no padding) where the model allows it
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward pass)
 
     def __post_init__(self):
         if self.schedule not in ("constant", "linear"):
             raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"lr, epochs and batch_size must be positive: {self}")
 
@@ -96,12 +104,14 @@ def collate_packed(pairs: Sequence[EncodedPair], idx: Sequence[int], device=None
 
 
 def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None, position_ids=None,
-                owner=None) -> torch.Tensor:
+                owner=None, inputs_embeds=None) -> torch.Tensor:
     """Sum over facts of the mean cross-entropy over each fact's answer tokens, divided by
     ``per_batch`` (the nominal batch size; default: this batch's number of facts). With the nominal
     size, a fact in a short last batch weighs the same as any other. ``owner`` (the fact of each
-    answer position) is needed for packed rows (see :func:`collate_packed`); otherwise a row is a fact."""
-    logits = target_logits(model, input_ids, attention, answer, position_ids=position_ids)
+    answer position) is needed for packed rows (see :func:`collate_packed`); otherwise a row is a fact.
+    ``inputs_embeds``, when given, stand in for the embedding of ``input_ids``."""
+    logits = target_logits(model, input_ids, attention, answer, position_ids=position_ids,
+                           inputs_embeds=inputs_embeds)
     gold = input_ids[:, 1:][answer]
     token_loss = F.cross_entropy(logits, gold, reduction="none")
     device = token_loss.device
@@ -113,6 +123,43 @@ def answer_loss(model, input_ids, attention, answer, per_batch: int | None = Non
     return (per_fact / counts).sum() / (per_batch or facts)
 
 
+def embedding_leaf(model, input_ids) -> torch.Tensor:
+    """The input embeddings of ``input_ids`` as a leaf tensor that collects their gradient, computed
+    by the model's own embedding module (so any scaling it applies is kept) from a detached weight."""
+    embedding = model.get_input_embeddings()
+    return torch.func.functional_call(embedding, {"weight": embedding.weight.detach()}, (input_ids,)).requires_grad_(True)
+
+
+@torch.no_grad()
+def add_embedding_rows(model, input_ids, leaf: torch.Tensor) -> None:
+    """After backward: add the gradient collected by :func:`embedding_leaf` to the embedding weight's
+    gradient, row by row (the rows of the tokens used; the head's dense gradient is already there
+    when the weights are tied)."""
+    weight = model.get_input_embeddings().weight
+    if leaf.grad is None:
+        return
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    weight.grad.index_add_(0, input_ids.reshape(-1), leaf.grad.reshape(-1, leaf.shape[-1]).to(weight.grad.dtype))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX-512 BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    """The forward pass's precision context: nothing for fp32, bf16 autocast for bf16."""
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    if not bf16_supported(device):
+        raise ValueError(f"training.precision 'bf16' needs native bf16 support, which this {device.type} lacks; "
+                         f"use 'fp32'")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def clip_in_step(optimizer, params, max_norm: float) -> torch.Tensor:
     """Gradient-norm clipping to ``max_norm``; returns the total norm before clipping.
 
@@ -121,7 +168,11 @@ def clip_in_step(optimizer, params, max_norm: float) -> torch.Tensor:
     Either way the step sees the gradients ``clip_grad_norm_`` would give it."""
     if not optimizer.defaults.get("fused"):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    # the squared norm of each gradient as a dot product (several times faster on CPU than vector_norm)
+    squares = [torch.dot(p.grad.reshape(-1), p.grad.reshape(-1)) for p in params if p.grad is not None]
+    if not squares:
+        return torch.zeros(())
+    total = torch.stack(squares).double().sum().sqrt().float()
     # clip_grad_norm_ multiplies by min(1, max_norm / (total + 1e-6)); the step divides by its inverse
     optimizer.grad_scale = torch.clamp((total + 1e-6) / max_norm, min=1.0).to(torch.float32)
     return total
@@ -146,6 +197,7 @@ def train(
     answer positions of every batch.
     """
     device = next(model.parameters()).device
+    precision = autocast_for(cfg, device)  # fails before any work if the device lacks bf16
     if device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(cfg.seed)
@@ -160,6 +212,7 @@ def train(
     params = [p for _, p in named]
     masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (update_mask or {}).items()}
     masked = [(p, masks[n]) for n, p in named if n in masks]
+    sparse_embedding = model.get_input_embeddings().weight.requires_grad
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
     )
@@ -186,10 +239,14 @@ def train(
                 (input_ids, attention, answer), position_ids, owner = collate(pairs, idx, pad, device), None, None
             if tracker is not None:
                 tracker.positions = torch.cat([answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=device)], 1)
-            loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size,
-                               position_ids=position_ids, owner=owner)
+            with precision:
+                embeds = embedding_leaf(model, input_ids) if sparse_embedding else None
+                loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size,
+                                   position_ids=position_ids, owner=owner, inputs_embeds=embeds)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if embeds is not None:
+                add_embedding_rows(model, input_ids, embeds)
             with torch.no_grad():
                 for p, m in masked:  # frozen entries must not count in the clipping norm
                     if p.grad is not None:

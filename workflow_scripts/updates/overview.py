@@ -83,7 +83,8 @@ def plot_dissonance(metrics: pd.DataFrame, curves: pd.DataFrame, total: int, des
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.02, 1.02)
     axes[2].legend(fontsize=6)
-    fig.suptitle("Dissonant (solid, red) vs matched non-dissonant (dashed, blue) updates of model AB", fontsize=10)
+    fig.suptitle("Dissonant updates of model AB (red bars, solid lines) vs matched non-dissonant ones "
+                 "(blue bars, dashed lines)", fontsize=10)
     fig.tight_layout()
     _savefig(fig, dest)
 

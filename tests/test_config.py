@@ -62,3 +62,10 @@ def test_config_yaml_round_trip(tmp_path):
     path.write_text(yaml.safe_dump({"model": {"dtype": "float64"}}))
     with pytest.raises(ConfigError, match="model.dtype"):
         load_config_file(path)
+
+
+def test_training_precision_defaults_to_fp32_and_takes_only_known_values():
+    assert validate_config({})["training"]["precision"] == "fp32"
+    assert validate_config({"training": {"precision": "bf16"}})["training"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match=r"training.precision.*one of \['fp32', 'bf16'\]"):
+        validate_config({"training": {"precision": "fp16"}})

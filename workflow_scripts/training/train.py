@@ -212,7 +212,7 @@ def train(
     params = [p for _, p in named]
     masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (update_mask or {}).items()}
     masked = [(p, masks[n]) for n, p in named if n in masks]
-    sparse_embedding = model.get_input_embeddings().weight.requires_grad
+    embedding_rows_only = model.get_input_embeddings().weight.requires_grad
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
     )
@@ -240,7 +240,7 @@ def train(
             if tracker is not None:
                 tracker.positions = torch.cat([answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=device)], 1)
             with precision:
-                embeds = embedding_leaf(model, input_ids) if sparse_embedding else None
+                embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
                 loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size,
                                    position_ids=position_ids, owner=owner, inputs_embeds=embeds)
             optimizer.zero_grad(set_to_none=True)

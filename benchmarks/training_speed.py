@@ -109,13 +109,10 @@ def run_one(name: str, model_dir: str) -> dict:
 
 def useful_flops(model_dir) -> float:
     """6 x non-embedding parameters x tokens, plus the tied LM head at answer tokens, per epoch."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(config)
+    with torch.device("meta"):  # shapes only, no weights
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     tok = AutoTokenizer.from_pretrained(model_dir)
     pairs = [encode_pair(tok, p, t) for p, t in zip(*facts())]
     tokens = sum(len(p.ids) for p in pairs)

@@ -97,7 +97,9 @@ def test_every_output_is_produced(finished_run):
     after_b = pd.read_parquet(res / "updates" / "fold0" / "known_AB.parquet")
     # stage B learns B (at least 3 of the 4: the tiny model can stall on two facts that differ only
     # in their subject, "The capital of Canada/Denmark is", depending on which facts the slices draw)
-    assert sorted(after_b.slice.unique()) == ["A", "B"] and after_b[after_b.slice == "B"].correct.mean() >= 0.75
+    learned_b = after_b[after_b.slice == "B"]
+    assert sorted(after_b.slice.unique()) == ["A", "B"] and learned_b.correct.mean() >= 0.75
+    assert (learned_b.first_token_rank <= 2).all()  # a fact not yet known is at least runner-up
 
     updates = pd.read_parquet(res / "updates" / "exp2_1" / "metrics.parquet")
     main = updates[updates.setting == "lr1_e25"]

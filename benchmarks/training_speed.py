@@ -31,8 +31,8 @@ import workflow_scripts  # noqa: E402,F401  (before torch: its allocator setting
 import torch  # noqa: E402
 from workflow_scripts.facts.schema import flat_facts  # noqa: E402
 from workflow_scripts.facts.starter import starter_records  # noqa: E402
-from workflow_scripts.metrics import accuracy  # noqa: E402
-from workflow_scripts.metrics.exact_match import encode_pair  # noqa: E402
+from workflow_scripts.evaluation import accuracy  # noqa: E402
+from workflow_scripts.models.encoding import encode_pair  # noqa: E402
 from workflow_scripts.models.loading import converted_model_dir, load_model  # noqa: E402
 from workflow_scripts.training.train import TrainConfig, bf16_supported, train  # noqa: E402
 

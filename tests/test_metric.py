@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_scripts.metrics import accuracy, encode_pair, score_targets
+from workflow_scripts.evaluation import accuracy, score_targets
+from workflow_scripts.models.encoding import encode_pair
 
 PROMPTS = [
     "The capital of France is",
@@ -104,7 +105,7 @@ def test_mismatched_lengths_are_rejected(tiny):
 
 
 def test_head_only_at_target_positions_equals_full_logits(tiny):
-    from workflow_scripts.metrics.exact_match import target_logits
+    from workflow_scripts.models.encoding import target_logits
 
     _, model, tok = tiny
     enc = tok(["The capital of France is Paris", "Louvre is located in the city of Paris"], padding=True,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workflow_scripts.strategies import STRATEGIES, StrategyInputs, neuron_mask, resolve_k
+from workflow_scripts.methods.neurons import STRATEGIES, StrategyInputs, neuron_mask, resolve_k
 
 WIDTHS = {"b0.attn": 4, "b0.mlp": 8, "b1.attn": 4, "b1.mlp": 8}
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from workflow_scripts.facts.schema import flat_facts
-from workflow_scripts.metrics import accuracy
-from workflow_scripts.metrics.exact_match import encode_pair, pad_id
+from workflow_scripts.evaluation import accuracy
+from workflow_scripts.models.encoding import encode_pair, pad_id
 from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
-from workflow_scripts.strategies import StrategyInputs, neuron_mask
+from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask
 from workflow_scripts.training.masks import only_tracked, parameter_masks
 from workflow_scripts.training.train import (
     TrainConfig,

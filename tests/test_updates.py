@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workflow_scripts.facts.schema import flat_facts
-from workflow_scripts.metrics import accuracy
+from workflow_scripts.evaluation import accuracy
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.training.train import TrainConfig, train
 from workflow_scripts.updates.evaluate import evaluate_update, harmonic_mean

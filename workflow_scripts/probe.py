@@ -14,7 +14,7 @@ import torch
 
 from workflow_scripts.facts.schema import flat_facts, read_facts
 from workflow_scripts.io import write_parquet
-from workflow_scripts.metrics import score_targets
+from workflow_scripts.evaluation import score_targets
 from workflow_scripts.models.loading import load_model
 
 log = logging.getLogger(__name__)

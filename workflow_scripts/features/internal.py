@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workflow_scripts.metrics.exact_match import length_sorted_batches, pad_id, pad_right, target_logits
+from workflow_scripts.models.encoding import length_sorted_batches, pad_id, pad_right, target_logits
 from workflow_scripts.models.architectures import body_and_head, linear_modules
 
 STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workflow_scripts.metrics.exact_match import length_sorted_batches, pad_id, pad_right
+from workflow_scripts.models.encoding import length_sorted_batches, pad_id, pad_right
 
 DROPS = (0, 1, 2, 3)
 TOP_K = 10

@@ -10,7 +10,7 @@ import pandas as pd
 
 from workflow_scripts.facts.schema import flat_facts, read_facts
 from workflow_scripts.io import atomic_dir, write_parquet
-from workflow_scripts.metrics import score_targets
+from workflow_scripts.evaluation import score_targets
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.training.train import TrainConfig, train
 from workflow_scripts.training.usage import UsageTracker, save_usage

@@ -27,14 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from workflow_scripts.metrics.exact_match import (
-    EncodedPair,
-    accuracy,
-    encode_pair,
-    pad_id,
-    pad_right,
-    target_logits,
-)
+from workflow_scripts.evaluation.exact_match import accuracy
+from workflow_scripts.models.encoding import EncodedPair, encode_pair, pad_id, pad_right, target_logits
 from workflow_scripts.models.architectures import supports_packing
 from workflow_scripts.runtime import keep_freed_memory
 

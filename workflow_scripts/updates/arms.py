@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from workflow_scripts.models.architectures import linear_modules
-from workflow_scripts.strategies import StrategyInputs, neuron_mask, resolve_k
+from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
 from workflow_scripts.training.masks import only_tracked, parameter_masks
 from workflow_scripts.training.train import TrainConfig, train
 from workflow_scripts.updates.evaluate import evaluate_update

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from workflow_scripts.metrics import score_targets
+from workflow_scripts.evaluation import score_targets
 
 
 def harmonic_mean(values: Sequence[float]) -> float:

@@ -11,7 +11,7 @@ from workflow_scripts.io import write_parquet
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.training.train import TrainConfig
 from workflow_scripts.training.usage import load_usage
-from workflow_scripts.strategies import ORACLES
+from workflow_scripts.methods.neurons import ORACLES
 from workflow_scripts.updates.arms import Arm, run_arm
 from workflow_scripts.updates.design import experiment, parse_k, parse_setting
 from workflow_scripts.updates.lora import LoraSettings

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.io import write_text
-from workflow_scripts.strategies import StrategyInputs, neuron_mask, resolve_k
+from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
 from workflow_scripts.updates.report import _pyplot, _savefig, main_setting
 
 LEARNED = 0.9  # "learned" = at least this accuracy on the update facts

@@ -1,4 +1,4 @@
-"""Neuron placement strategies: a registry of small functions from usage scores to a neuron mask.
+"""Neuron placement strategies (a small registry of their own): functions from usage scores to a neuron mask.
 
 A neuron is one output unit of a tracked linear module. Usage maps module name -> per-neuron score
 (see ``training.usage``). A strategy returns module name -> boolean vector (True = this neuron may be

@@ -1,0 +1,1 @@
+"""Tables and figures people look at: one module per family, one plotting helper."""

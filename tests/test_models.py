@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -59,6 +60,35 @@ def test_convert_local_directory_round_trips(tiny_model_dirs, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=0, rtol=0)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_conversion_writes_a_module_table_with_every_tracked_neuron(tiny_model_dirs, tmp_path, family):
+    modules_path = tmp_path / "model_modules.parquet"
+    info = convert_model(str(tiny_model_dirs[family]), tmp_path / "model", modules_path=modules_path)
+    table = pd.read_parquet(modules_path)
+    assert list(table.columns) == ["name", "block", "type", "width"]
+    model, _ = load_model(tmp_path / "model")
+    assert int(table.width.sum()) == arch.count_neurons(model) == info["n_neurons"]
+    assert table.name.tolist() == [m.name for m in arch.linear_modules(model)]
+    assert sorted(set(table.block)) == list(range(info["n_blocks"]))
+
+
+def test_resolving_a_model_source_does_not_import_torch(tiny_model_dirs):
+    """Snakemake resolves the source while it builds the DAG; a dry run must not pay for torch."""
+    code = ("import sys; from workflow_scripts.models.sources import resolve_source; "
+            f"assert resolve_source({str(tiny_model_dirs['gpt2'])!r}).kind == 'local'; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_loading_still_offers_source_resolution():
+    from workflow_scripts.models import loading, sources
+
+    assert loading.resolve_source is sources.resolve_source and loading.ModelSource is sources.ModelSource
 
 
 def test_bad_sources_fail_clearly(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
+import pandas as pd
 from torch import nn
 
 
@@ -145,6 +145,18 @@ def count_neurons(model: nn.Module) -> int:
     return sum(m.out_features for m in linear_modules(model))
 
 
+def module_table(model: nn.Module) -> pd.DataFrame:
+    """One row per tracked linear module, in :func:`linear_modules` order: its full dotted ``name``,
+    ``block`` index, architecture-independent ``type`` and ``width`` (output units = neurons)."""
+    mods = linear_modules(model)
+    return pd.DataFrame({
+        "name": pd.Series([m.name for m in mods], dtype=object),
+        "block": pd.Series([m.block for m in mods], dtype="int64"),
+        "type": pd.Series([m.type for m in mods], dtype=object),
+        "width": pd.Series([m.out_features for m in mods], dtype="int64"),
+    })
+
+
 def describe(model: nn.Module) -> dict:
     mods = linear_modules(model)
     return {
@@ -168,5 +180,6 @@ __all__ = [
     "weight_is_transposed",
     "body_and_head",
     "count_neurons",
+    "module_table",
     "describe",
 ]

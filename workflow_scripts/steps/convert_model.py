@@ -1,4 +1,5 @@
-"""Rule convert_model: the configured model, once, as a safetensors directory."""
+"""Rule convert_model: the configured model, once, as a safetensors directory, and its table of
+tracked modules (name, block, type, width) for jobs that need no weights."""
 
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from workflow_scripts.models.loading import convert_model  # noqa: E402
 
 
 def main(input, output, params, threads):
-    convert_model(params.source, output.model_dir, params.dtype)
+    convert_model(params.source, output.model_dir, params.dtype, modules_path=output.modules)
 
 
 if __name__ == "__main__":

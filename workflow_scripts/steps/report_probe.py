@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from workflow_scripts.steps._runner import run_step  # noqa: E402
-from workflow_scripts.report import write_probe_report  # noqa: E402
+from workflow_scripts.reports.probe import write_probe_report  # noqa: E402
 
 
 def main(input, output, params, threads):

@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 
 from workflow_scripts.io import atomic_path, write_text
+from workflow_scripts.reports.plotting import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,7 @@ def known_by_relation(probe: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_known_by_relation(by_relation: pd.DataFrame, dest: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     wide = by_relation.pivot(index="relation_id", columns="factset", values="known_rate").fillna(0).sort_index()
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(wide)), 4))
     wide.plot.bar(ax=ax, width=0.8)
@@ -47,9 +44,7 @@ def plot_known_by_relation(by_relation: pd.DataFrame, dest: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("Facts the base model already knows, by relation")
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, dest, dpi=120)
 
 
 def write_probe_report(probe_paths: list[str], csv_path: str, md_path: str, figure_path: str) -> pd.DataFrame:

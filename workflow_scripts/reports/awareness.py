@@ -7,21 +7,7 @@ import pandas as pd
 
 from workflow_scripts.awareness.samples import CLASSES
 from workflow_scripts.io import atomic_path, write_parquet, write_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, dest):
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _plt().close(fig)
+from workflow_scripts.reports.plotting import pyplot, save_figure
 
 
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +28,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_confusion(confusion: pd.DataFrame, summary: pd.DataFrame, dest: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     settings = list(dict.fromkeys(confusion.setting))
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), squeeze=False)
     for ax, setting in zip(axes[0], settings):
@@ -63,11 +49,11 @@ def plot_confusion(confusion: pd.DataFrame, summary: pd.DataFrame, dest: str) ->
         ax.set_ylabel("true")
         ax.set_title(f"{setting}: {best.classifier}, {best.feature_set}, {best.normalisation}", fontsize=9)
     fig.tight_layout()
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 def plot_feature_sets(metrics: pd.DataFrame, dest: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     ablation = metrics[~metrics.feature_set.str.contains(":") & metrics.normalisation.isin(["raw", "none"])]
     clf = ablation[ablation.feature_set == "gradients"].classifier.iloc[0]
     ablation = ablation[ablation.classifier == clf]
@@ -85,11 +71,11 @@ def plot_feature_sets(metrics: pd.DataFrame, dest: str) -> None:
     ax.set_ylabel(f"test accuracy ({clf})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 def plot_importance(importance: pd.DataFrame, dest: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     if importance.empty:
         a1.text(0.5, 0.5, "no random-forest run", ha="center")
@@ -111,12 +97,12 @@ def plot_importance(importance: pd.DataFrame, dest: str) -> None:
         a2.set_ylabel("summed importance")
         a2.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 def plot_distributions(samples: pd.DataFrame, features: pd.DataFrame, catalog: pd.DataFrame, dest: str) -> None:
     """Per class, the median over probe texts of each block's spread (std statistic, raw), with IQR."""
-    plt = _plt()
+    plt = pyplot()
     settings = list(dict.fromkeys(samples.setting))
     fig, axes = plt.subplots(2, len(settings), figsize=(5 * len(settings), 6), squeeze=False)
     for col, setting in enumerate(settings):
@@ -137,7 +123,7 @@ def plot_distributions(samples: pd.DataFrame, features: pd.DataFrame, catalog: p
             ax.set_xlabel("block")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 def write_awareness_report(settings, inputs: dict, outputs: dict) -> pd.DataFrame:

@@ -24,8 +24,10 @@ include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/facts.smk"
 include: "rules/probe.smk"
+include: "rules/stages.smk"
 include: "rules/awareness.smk"
 include: "rules/updates.smk"
+include: "rules/leaderboard.smk"
 
 
 rule all:
@@ -36,12 +38,13 @@ rule all:
         res("facts/novel_stats.json"),
         res("report/awareness.md"),
         expand(res("awareness/{setting}/classifier.skops"), setting=config["awareness"]["settings"]),
-        expand(res("report/updates_{experiment}.md"), experiment=update_experiments()),
-        [res("report/updates.md")] if update_experiments() else [],
+        res("runs.tsv"),
+        expand(res("report/updates_{scenario}.md"), scenario=update_scenarios()),
+        [res("report/updates.md"), res("report/leaderboard.md")] if RUNS else [],
 
 
 onsuccess:
     print_summary(res("report/familiarity.md"))
     print_summary(res("report/awareness.md"), max_lines=30)
-    if update_experiments():
-        print_summary(res("report/updates.md"), max_lines=30)
+    if RUNS:
+        print_summary(res("report/leaderboard.md"), max_lines=40)

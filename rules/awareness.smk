@@ -1,46 +1,5 @@
-rule awareness_slices:
-    """Disjoint seeded slices of the facts: H (history usage) and F (fine-tuned setting)."""
-    input:
-        facts=res("facts/facts.parquet"),
-    output:
-        slices=res("awareness/slices.parquet"),
-    params:
-        sizes={"H": config["awareness"]["n_history"], "F": config["awareness"]["n_finetune"]},
-        seed=config["awareness"]["slice_seed"],
-    log:
-        res("logs/awareness_slices.log"),
-    benchmark:
-        res("benchmarks/awareness_slices.tsv")
-    conda:
-        "../envs/ml.yaml"
-    script:
-        "../workflow_scripts/steps/slice_facts.py"
-
-
-rule history_usage:
-    """Fine-tune a copy of the base model on H and record per-neuron usage (historical usage)."""
-    input:
-        model=res("model"),
-        facts=res("facts/facts.parquet"),
-        slices=res("awareness/slices.parquet"),
-    output:
-        usage=res("usage/history_H.safetensors"),
-        history=res("awareness/history_training.parquet"),
-    params:
-        slice="H",
-        training=training_params(config["awareness"]["history_epochs"]),
-    threads: 2
-    resources:
-        mem_mb=6000,
-        gpu=1,
-    log:
-        res("logs/history_usage.log"),
-    benchmark:
-        res("benchmarks/history_usage.tsv")
-    conda:
-        "../envs/ml.yaml"
-    script:
-        "../workflow_scripts/steps/finetune_slice.py"
+# Dissonance awareness: the fine-tuned setting, balanced probe texts, features, classifiers, report.
+# (The slices H/F and the history usage H live in rules/stages.smk, shared with every family.)
 
 
 rule finetune_awareness:
@@ -106,12 +65,11 @@ rule awareness_features:
         catalog=res("awareness/{setting}/feature_catalog.parquet"),
     wildcard_constraints:
         setting="pretrained|finetuned",
-    params:
-        batch_size=config["awareness"]["feature_batch_size"],
     threads: 2
     resources:
         mem_mb=6000,
         gpu=1,
+        batch_size=config["awareness"]["feature_batch_size"],  # a runtime knob: features are batch-invariant
     log:
         res("logs/awareness_features_{setting}.log"),
     benchmark:

@@ -1,5 +1,7 @@
-# Path helpers and config lookups only (no rules).
+# Path helpers and config lookups only (no rules). Everything imported here is torch-free.
 import os
+
+from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, table_rows
 
 
 def res(*parts):
@@ -14,7 +16,7 @@ def repo(*parts):
 
 def model_inputs(wildcards):
     """Files the model conversion depends on, so replacing them reruns it."""
-    from workflow_scripts.models.loading import resolve_source
+    from workflow_scripts.models.sources import resolve_source
 
     src = resolve_source(config["model"]["source"])
     if src.kind == "gguf":
@@ -57,6 +59,11 @@ def training_params(epochs, **extra):
     return {**config["training"], "epochs": epochs, **extra}
 
 
+def stage_training(epochs, fold):
+    """A fold's checkpoint fine-tune: the shared settings, its epochs, seeded by training.seed + fold."""
+    return training_params(epochs, seed=config["training"]["seed"] + fold)
+
+
 def awareness_known_table(wildcards):
     """Which facts count as known: the base model's probe, or the fine-tuned model's."""
     if wildcards.setting == "pretrained":
@@ -68,53 +75,37 @@ def awareness_model(wildcards):
     return res("model") if wildcards.setting == "pretrained" else res("models/awareness_finetuned")
 
 
-def update_experiments():
-    """Slugs ('2_1', ...) of the configured targeted-update experiments."""
-    return [e.replace(".", "_") for e in config["updates"]["experiments"]]
+# The run table (scenario x method x variant x fold), built once from the config. Wildcards are keys
+# into it; every job's params are looked up, never parsed back from a path.
+RUNS = build_runs(config)
 
 
-def update_fold_path(fold, name):
-    return res(f"updates/fold{fold}/{name}")
+def run_of(wildcards):
+    key = (wildcards.scenario, wildcards.method, wildcards.variant, int(wildcards.fold))
+    try:
+        return RUNS[key]
+    except KeyError:
+        raise ValueError(f"no configured run {key}; see results/runs.tsv") from None
 
 
-def update_arm_inputs(wildcards):
-    """Start model, known-before table and usage files of one arm, from the experiment's design."""
-    from workflow_scripts.updates.design import experiment
-
-    exp = experiment(wildcards.experiment)
-    fold = wildcards.fold
-    models = {"base": res("model"), "A": update_fold_path(fold, "model_A"), "AB": update_fold_path(fold, "model_AB")}
-    known = {
-        "base": res("probe/facts.parquet"),
-        "A": update_fold_path(fold, "known_A.parquet"),
-        "AB": update_fold_path(fold, "known_AB.parquet"),
-    }
-    usage = {
-        "A": update_fold_path(fold, "usage_A.safetensors"),
-        "B": update_fold_path(fold, "usage_B.safetensors"),
-        "H": res("usage/history_H.safetensors"),
-    }
-    inputs = {
-        "model": models[exp.start],
-        "facts": res("facts/facts.parquet"),
-        "slices": update_fold_path(fold, "slices.parquet"),
-        "known": known[exp.known],
-    }
-    for source in sorted({s for s in exp.usage.values() if s}):
-        inputs[f"usage_{source}"] = usage[source]
-    return inputs
+def update_inputs(wildcards):
+    """Start checkpoint, facts, fold slices, known-before table and what the method needs."""
+    return {name: res(path) for name, path in run_inputs(run_of(wildcards)).items()}
 
 
-def update_arm_outputs(experiment, kind):
-    """Every arm's row (or curve) file of one experiment: folds x settings x strategies x k."""
-    from workflow_scripts.updates.design import arms
+def run_files(kind, scenario=None):
+    """row / curve / outcomes files of every configured run (of one scenario)."""
+    return [res(f"{run.path}/{kind}.parquet") for run in RUNS.values() if scenario in (None, run.scenario)]
 
-    suffix = "_curve" if kind == "curve" else ""
-    return [
-        res(f"updates/exp{experiment}/fold{fold}/{setting}/{strategy}_k{k}{suffix}.parquet")
-        for fold in config["updates"]["folds"]
-        for setting, strategy, k in arms(config["updates"], experiment)
-    ]
+
+def update_scenarios():
+    """Scenarios with at least one configured run, in config order."""
+    return scenarios_with_runs(RUNS)
+
+
+def neuron_ks():
+    """Every k of a neuron run (for the figure of where stubborn neurons sit)."""
+    return sorted({float(run.params["k"]) for run in RUNS.values() if "k" in run.params})
 
 
 def print_summary(path, max_lines=None):

@@ -9,11 +9,11 @@ rule probe_familiarity:
         factset="facts|novel",
     params:
         factset=lambda wc: wc.factset,
-        batch_size=config["probe"]["batch_size"],
     threads: 2
     resources:
         mem_mb=4000,
         gpu=1,
+        batch_size=config["probe"]["batch_size"],  # a runtime knob: the metric is batch-invariant
     log:
         res("logs/probe_familiarity_{factset}.log"),
     benchmark:

@@ -68,12 +68,14 @@ def pretrained_tiny_dir(tmp_path_factory, tiny_model_dirs, starter):
     setting has familiar facts."""
     from workflow_scripts.facts.schema import flat_facts
     from workflow_scripts.models.loading import load_model
+    from workflow_scripts.training.plugins import StopAtAccuracy
     from workflow_scripts.training.train import TrainConfig, train
 
     model, tok = load_model(tiny_model_dirs["gpt2"])
     flat = flat_facts(starter[: E2E_FACTS // 2])
-    train(model, tok, flat.prompt.tolist(), flat.target_true.tolist(),
-          TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
+    prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
+    train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=40, batch_size=8),
+          [StopAtAccuracy(tok, prompts, targets)])
     out = tmp_path_factory.mktemp("pretrained_tiny") / "gpt2"
     model.save_pretrained(out)
     tok.save_pretrained(out)

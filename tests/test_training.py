@@ -9,7 +9,8 @@ from workflow_scripts.models.encoding import encode_pair, pad_id
 from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask
-from workflow_scripts.training.masks import only_tracked, parameter_masks
+from workflow_scripts.training.masks import parameter_masks, tracked_parameter_names
+from workflow_scripts.training.plugins import OnlyParameters, StopAtAccuracy, TrainingPlugin, UpdateMask
 from workflow_scripts.training.train import (
     TrainConfig,
     add_embedding_rows,
@@ -37,8 +38,9 @@ def fresh(request, tiny_model_dirs):
 def test_full_training_learns_the_facts(fresh, facts):
     model, tok = fresh
     before = accuracy(model, tok, facts.prompt.tolist(), facts.target_true.tolist())
-    history = train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
-                    TrainConfig(lr=3e-3, epochs=40, batch_size=8, stop_at_accuracy=1.0))
+    prompts, targets = facts.prompt.tolist(), facts.target_true.tolist()
+    history = train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=40, batch_size=8),
+                    [StopAtAccuracy(tok, prompts, targets)])
     assert before < 0.2 and history[-1]["train_accuracy"] == 1.0
     assert history[-1]["loss"] < history[0]["loss"]
 
@@ -81,8 +83,9 @@ def test_bf16_autocast_learns_like_fp32(tiny_model_dirs, facts):
     results = {}
     for precision in ("fp32", "bf16"):
         model, tok = load_model(tiny_model_dirs["llama"])
-        history = train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
-                        TrainConfig(lr=3e-3, epochs=40, batch_size=8, precision=precision, stop_at_accuracy=1.0))
+        prompts, targets = facts.prompt.tolist(), facts.target_true.tolist()
+        history = train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=40, batch_size=8, precision=precision),
+                        [StopAtAccuracy(tok, prompts, targets)])
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
         results[precision] = history
     assert results["bf16"][-1]["train_accuracy"] == 1.0
@@ -123,8 +126,8 @@ def test_masked_neurons_never_change_even_with_weight_decay(fresh, facts):
     pmasks = parameter_masks(model, mask)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
-          TrainConfig(lr=1e-2, epochs=3, batch_size=8, weight_decay=0.1), trainable=only_tracked(model),
-          update_mask=pmasks)
+          TrainConfig(lr=1e-2, epochs=3, batch_size=8, weight_decay=0.1),
+          [OnlyParameters(tracked_parameter_names(model)), UpdateMask(pmasks)])
     changed_neurons = 0
     for name, p in model.named_parameters():
         if name in pmasks:
@@ -233,3 +236,48 @@ def test_packed_and_padded_training_end_alike(tiny_model_dirs, facts):
         results.append(([h["loss"] for h in history], accuracy(model, tok, prompts, targets)))
     (loss_packed, acc_packed), (loss_padded, acc_padded) = results
     assert loss_packed == pytest.approx(loss_padded, rel=1e-3) and acc_packed == acc_padded
+
+
+def test_token_weights_of_one_give_the_unweighted_loss_and_zero_weights_silence_a_token(fresh, facts):
+    model, tok = fresh
+    pairs = [encode_pair(tok, p, t) for p, t in zip(facts.prompt[:4], facts.target_true[:4])]
+    ids, att, ans = collate(pairs, range(4), pad_id(tok))
+    plain = answer_loss(model, ids, att, ans)
+    ones = answer_loss(model, ids, att, ans, token_weights=torch.ones(int(ans.sum())))
+    torch.testing.assert_close(plain, ones)
+    weights = torch.ones(int(ans.sum()))
+    weights[0] = 0.0  # the first answer token of the first fact
+    assert not torch.allclose(answer_loss(model, ids, att, ans, token_weights=weights), plain)
+
+
+def test_plugins_are_called_at_their_hooks_in_order(fresh, facts):
+    model, tok = fresh
+    calls = []
+
+    class Recorder(TrainingPlugin):
+        def prepare(self, model):
+            calls.append("prepare")
+
+        def mix(self, pairs, rng):
+            calls.append(("mix", len(pairs)))
+            return pairs[:4]  # a plugin may change the data
+
+        def token_weights(self, batch):
+            calls.append(("batch", len(batch.idx)))
+
+        def after_step(self, model, step):
+            calls.append(("step", step))
+
+        def on_epoch(self, model, epoch, record):
+            calls.append(("epoch", epoch))
+            return epoch == 2  # stop early
+
+        def finish(self, model):
+            calls.append("finish")
+
+    history = train(model, tok, facts.prompt.tolist()[:8], facts.target_true.tolist()[:8],
+                    TrainConfig(lr=1e-3, epochs=5, batch_size=4), [Recorder()])
+    assert len(history) == 2
+    assert calls == ["prepare", ("mix", 8), ("batch", 4), ("step", 1), ("epoch", 1), ("batch", 4), ("step", 2),
+                     ("epoch", 2), "finish"]
+    assert all(p.requires_grad for p in model.parameters())  # restored after training

@@ -1,73 +1,160 @@
-"""Experiment design, fold slices and the overview's pure helpers."""
+"""Scenarios by name, the one seeded slicer, and the run table built from the config."""
+
+import json
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from workflow_scripts.config import validate_config
-from workflow_scripts.updates.design import EXPERIMENTS, arms, experiment, parse_setting, setting_label
-from workflow_scripts.updates.overview import epochs_to_learn, stubborn_location
-from workflow_scripts.updates.slices import known_case_ids, update_slices
-
-
-def test_every_experiment_is_defined_consistently():
-    assert set(EXPERIMENTS) == {"2.1", "2.2", "3.1", "3.3"}
-    assert experiment("3_1") is EXPERIMENTS["3.1"] and EXPERIMENTS["3.1"].slug == "3_1"
-    # 3.1 and 3.3 differ only in what they learn, so they are matched
-    d, m = EXPERIMENTS["3.1"], EXPERIMENTS["3.3"]
-    assert (d.start, d.old, d.known, d.usage, d.arms) == (m.start, m.old, m.known, m.usage, m.arms)
-    assert (d.new, d.target) == ("B", "target_new") and (m.new, m.target) == ("C", "target_true")
-    assert EXPERIMENTS["2.2"].start == "base" and EXPERIMENTS["2.2"].usage["history"] == "H"
-    with pytest.raises(ValueError, match="unknown experiment '4.1'"):
-        experiment("4.1")
+from workflow_scripts.config import load_schema, validate_config
+from workflow_scripts.methods.base import METHODS, method
+from workflow_scripts.methods.neurons import STRATEGIES
+from workflow_scripts.methods.registry import METHODS as REGISTERED
+from workflow_scripts.reports.overview import epochs_to_learn, stubborn_location
+from workflow_scripts.scenarios.design import CHECKPOINTS, SCENARIOS, controlled_pairs
+from workflow_scripts.scenarios.runs import build_runs, grid_points, run_inputs, table_rows
+from workflow_scripts.scenarios.slices import fold_slices, known_case_ids, slice_facts
 
 
-def test_setting_labels_round_trip():
-    assert setting_label(1, 5) == "lr1_e5" and setting_label(0.5, 10) == "lr0.5_e10"
-    assert parse_setting("lr0.5_e10") == (0.5, 10)
-    with pytest.raises(ValueError, match="not an arm setting"):
-        parse_setting("fast")
+def test_every_scenario_is_named_for_what_it_is_and_keeps_its_paper_label():
+    assert set(SCENARIOS) == {"nondissonant_update", "lottery", "dissonant_update", "matched_control"}
+    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3"}
+    for s in SCENARIOS.values():
+        assert s.start in CHECKPOINTS and s.known in CHECKPOINTS and s.learn != s.keep
+    assert SCENARIOS["dissonant_update"].target == "target_new"
+    assert controlled_pairs() == [("dissonant_update", "matched_control")]
 
 
-def test_arms_with_sweeps():
-    updates = validate_config({"updates": {
-        "exp_2_1": {"strategies": ["full", "plastic"], "k": [0.01, 100], "epochs": 5},
-        "exp_3": {"strategies": ["full", "lora", "plastic"], "k": [0.05], "epochs": 8},
-        "sweeps": {"lr_ratios": [2], "epochs": [8, 3], "strategies": ["full", "plastic"], "k": [0.05]},
-    }})["updates"]
-    assert arms(updates, "2.1") == [
-        ("lr1_e5", "full", "all"), ("lr1_e5", "plastic", "0.01"), ("lr1_e5", "plastic", "100"),
-        ("lr2_e5", "full", "all"), ("lr2_e5", "plastic", "0.05"),
-    ]
-    # the epoch sweep repeats nothing already run (8 epochs is the experiment's own setting)
-    assert arms(updates, "3.3") == [
-        ("lr1_e8", "full", "all"), ("lr1_e8", "lora", "all"), ("lr1_e8", "plastic", "0.05"),
-        ("lr1_e3", "full", "all"), ("lr1_e3", "plastic", "0.05"),
-    ]
-    assert arms(updates, "2.2") == [("lr1_e5", s, k) for s in ("lottery", "non_lottery", "random") for k in ("0.01", "0.05")]
+def test_schema_enums_equal_the_registries():
+    schema = load_schema()
+    assert set(schema["definitions"]["method"]["enum"]) == set(REGISTERED) == set(METHODS)
+    assert set(schema["definitions"]["strategy"]["enum"]) == set(STRATEGIES)
+    assert set(schema["properties"]["updates"]["properties"]["scenarios"]["properties"]) == set(SCENARIOS)
+    assert set(schema["properties"]["methods"]["properties"]) == set(METHODS)
+    assert set(schema["definitions"]["scenario"]["properties"]["methods"]["properties"]) == set(METHODS)
 
 
-def test_update_slices_are_disjoint_new_and_seeded():
+def test_method_defaults_live_in_the_params_dataclasses_and_the_schema_agrees():
+    import dataclasses
+
+    from workflow_scripts.training.train import TrainConfig
+
+    cfg = validate_config({})
+    for name, m in METHODS.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(m.Params)}
+        assert cfg["methods"][name] == defaults, name
+    train_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for key, value in cfg["training"].items():
+        assert train_defaults[key] == value, key
+
+
+def test_the_shipped_config_only_restates_the_schema_defaults():
+    with open("config.yaml", encoding="utf-8") as fh:
+        shipped = validate_config(yaml.safe_load(fh))
+    assert json.dumps(shipped, sort_keys=True) == json.dumps(validate_config({}), sort_keys=True)
+
+
+def test_grids_expand_as_products_and_lists_concatenate():
+    assert grid_points({}) == [{}]
+    assert grid_points({"strategy": ["a", "b"], "k": [1, 2]}) == [
+        {"strategy": "a", "k": 1}, {"strategy": "a", "k": 2}, {"strategy": "b", "k": 1}, {"strategy": "b", "k": 2}]
+    assert grid_points([{}, {"lr_ratio": 3}]) == [{}, {"lr_ratio": 3}]
+
+
+def test_the_default_run_table_has_the_arms_of_the_study():
+    runs = build_runs(validate_config({}))
+    assert len(runs) == 22
+    labels = {(r.scenario, r.method, r.variant) for r in runs.values()}
+    assert ("nondissonant_update", "neurons", "plastic_k0.05_lr3") in labels
+    assert ("nondissonant_update", "full", "lr3") in labels
+    assert ("dissonant_update", "lora", "default") in labels
+    assert ("lottery", "neurons", "non_lottery_k0.2") in labels
+    plastic = runs[("nondissonant_update", "neurons", "plastic_k0.05_lr3", 0)]
+    assert plastic.params == {"epochs": 10, "lr_ratio": 3.0, "strategy": "plastic", "k": 0.05, "usage_score": "abs_sum"}
+    assert runs[("dissonant_update", "full", "default", 0)].curves
+
+
+def test_a_run_gets_only_the_usage_its_strategy_reads():
+    runs = build_runs(validate_config({}))
+    plastic = run_inputs(runs[("nondissonant_update", "neurons", "plastic_k0.05", 0)])
+    assert {k for k in plastic if k.startswith("usage_")} == {"usage_old"}
+    assert plastic["usage_old"] == "stages/fold0/usage_A.safetensors" and plastic["model"] == "stages/fold0/model_A"
+    lottery = run_inputs(runs[("lottery", "neurons", "lottery_k0.05", 0)])
+    assert {k for k in lottery if k.startswith("usage_")} == {"usage_history"}
+    assert lottery["model"] == "model" and lottery["known"] == "probe/facts.parquet"
+    random_ = run_inputs(runs[("lottery", "neurons", "random_k0.05", 0)])
+    assert not any(k.startswith("usage_") for k in random_)
+    assert not any(k.startswith("usage_") for k in run_inputs(runs[("dissonant_update", "full", "default", 0)]))
+
+
+def test_a_scenario_that_cannot_provide_a_strategys_usage_is_refused_by_name():
+    cfg = validate_config({"updates": {"scenarios": {"lottery": {"methods": {"neurons": {"strategy": "plastic"}}}}}})
+    run = next(iter(build_runs(cfg).values()))
+    with pytest.raises(ValueError, match="cannot provide 'usage:old'"):
+        run_inputs(run)
+
+
+def test_unknown_method_parameters_are_named_before_any_job():
+    cfg = validate_config({"updates": {"scenarios": {"lottery": {"methods": {"neurons": {"kk": 3}}}}}})
+    with pytest.raises(ValueError, match=r"updates.scenarios.lottery.methods.neurons: unknown parameter\(s\) \['kk'\]"):
+        build_runs(cfg)
+    cfg = validate_config({"updates": {"scenarios": {"lottery": {"methods": {"neurons": {"strategy": "nope"}}}}}})
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        build_runs(cfg)
+
+
+def test_the_same_values_written_differently_give_the_same_run():
+    a = build_runs(validate_config({"updates": {"scenarios": {"lottery": {"methods": {"neurons": {"k": 0.2, "lr_ratio": 3}}}}}}))
+    b = build_runs(validate_config({"updates": {"scenarios": {"lottery": {"methods": {"neurons": {"lr_ratio": 3.0, "k": 0.2}}}}}}))
+    assert list(a) == list(b)
+    assert [r.job_params() for r in a.values()] == [r.job_params() for r in b.values()]
+
+
+def test_the_run_table_lists_every_run_with_its_params():
+    runs = build_runs(validate_config({}))
+    rows = table_rows(runs)
+    assert len(rows) == len(runs)
+    assert {"scenario", "paper", "method", "variant", "fold", "seed", "params", "output"} <= set(rows[0])
+    assert all(json.loads(r["params"]) == runs[(r["scenario"], r["method"], r["variant"], r["fold"])].params for r in rows)
+
+
+def test_variant_labels_are_unique_and_readable():
+    m = method("neurons")
+    assert m.variant(m.make_params({"strategy": "plastic", "k": 0.05})) == "plastic_k0.05"
+    assert m.variant(m.make_params({"strategy": "plastic", "k": 2000, "epochs": 20})) == "plastic_k2000_e20"
+    assert method("full").variant(method("full").make_params({})) == "default"
+    assert method("lora").variant(method("lora").make_params({"r": 4})) == "r4"
+
+
+def test_fold_slices_are_disjoint_new_and_seeded():
     ids = list(range(100))
-    known = set(range(0, 100, 4))  # 25 known by the pre-trained model
-    history = {1, 2, 3, 4}
+    history = set(range(10))
+    known = set(range(10, 30))
     sizes = {"A": 20, "B": 10, "known_old": 15}
-    slices = update_slices(ids, history, known, sizes, seed=0)
-    groups = {name: set(part.case_id) for name, part in slices.groupby("slice")}
-    assert [len(groups[n]) for n in "ABCK"] == [20, 10, 10, 15]
-    assert not (groups["A"] | groups["B"] | groups["C"]) & (known | history)
-    assert groups["K"] <= known - history
-    assert slices.equals(update_slices(ids, history, known, sizes, seed=0))
-    assert not slices.equals(update_slices(ids, history, known, sizes, seed=1))
-    with pytest.raises(ValueError, match="need 80 facts the pre-trained model does not know, outside H; only 72"):
-        update_slices(ids, history, known, {"A": 60, "B": 10, "known_old": 1}, seed=0)
+    slices = fold_slices(ids, history, known, sizes, seed=0)
+    counts = slices.slice.value_counts().to_dict()
+    assert counts["A"] == 20 and counts["B"] == 10 and counts["C"] == 10 and counts["K"] == 15
+    assert not set(slices.case_id[slices.slice.isin(["A", "B", "C"])]) & (history | known)
+    assert set(slices.case_id[slices.slice == "K"]) <= known - history
+    assert slices.equals(fold_slices(ids, history, known, sizes, seed=0))
+    assert not slices.equals(fold_slices(ids, history, known, sizes, seed=1))
+    with pytest.raises(ValueError, match="need 80 facts"):
+        fold_slices(ids, history, known, {"A": 60, "B": 10, "known_old": 1}, seed=0)
+
+
+def test_history_slices_are_disjoint_and_seeded():
+    table = slice_facts(list(range(50)), {"H": 10, "F": 20}, seed=3)
+    assert table.slice.value_counts().to_dict() == {"rest": 20, "F": 20, "H": 10}
+    assert table.equals(slice_facts(list(range(50)), {"H": 10, "F": 20}, seed=3))
+    with pytest.raises(ValueError, match="need 60 facts"):
+        slice_facts(list(range(50)), {"H": 30, "F": 30}, seed=0)
 
 
 def test_known_case_ids_reads_probe_and_stage_tables():
-    probe = pd.DataFrame({"case_id": [1, 1, 2, 2], "target_kind": ["true", "new", "true", "new"],
-                          "correct": [True, False, False, True]})
-    assert known_case_ids(probe) == {1}
+    probe = pd.DataFrame({"case_id": [1, 1, 2], "target_kind": ["true", "new", "true"], "correct": [True, True, False]})
     stage = pd.DataFrame({"case_id": [5, 6], "slice": ["A", "A"], "correct": [True, False]})
+    assert known_case_ids(probe) == {1}
     assert known_case_ids(stage) == {5}
 
 
@@ -86,7 +173,7 @@ def test_stubborn_location_shares():
 
 def test_epochs_to_learn():
     curves = pd.DataFrame({
-        "experiment": "3.1", "setting": "lr1_e3", "strategy": "full", "k": 10, "fold": 0,
+        "scenario": "dissonant_update", "variant": "default", "arm": "full", "k": 10, "fold": 0,
         "epoch": [1, 2, 3], "acc_new": [0.2, 0.95, 1.0], "retention_old": [0.9, 0.5, 0.4],
     })
     row = epochs_to_learn(curves).iloc[0]

@@ -1,16 +1,133 @@
-"""Update arms: LoRA through the one training routine, and the arm metrics."""
+"""Every registered method through the one harness: the contract test, the evaluator, the statistics."""
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from workflow_scripts.facts.schema import flat_facts
 from workflow_scripts.evaluation import accuracy
+from workflow_scripts.evaluation.evaluator import ACCURACIES, EvalSuite, evaluate, harmonic_mean, neighbourhood_table, prepare
+from workflow_scripts.evaluation.stats import mcnemar_exact, paired_bootstrap, wilson
+from workflow_scripts.facts.schema import flat_facts
+from workflow_scripts.methods.base import UpdateRequest
+from workflow_scripts.methods.registry import METHODS
+from workflow_scripts.models.architectures import linear_modules
 from workflow_scripts.models.loading import load_model
+from workflow_scripts.training.plugins import LoraAdapters, StopAtAccuracy
 from workflow_scripts.training.train import TrainConfig, train
-from workflow_scripts.updates.evaluate import evaluate_update, harmonic_mean
-from workflow_scripts.updates.lora import LoraSettings, add_lora, merge_lora
+
+TRAINING = {"lr": 3e-3, "batch_size": 5, "weight_decay": 0.1, "max_grad_norm": 1.0, "schedule": "constant",
+            "warmup_steps": 0, "seed": 0, "precision": "fp32"}
+FIXED_COLUMNS = {"arm", "epochs", "lr_ratio", "k", "k_fraction"}
+# per method: a setting for the contract test (every strategy-dependent input provided below)
+CONTRACT_SETTINGS = {"full": {"epochs": 2}, "lora": {"epochs": 2, "r": 4},
+                     "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1}}
+
+
+def test_every_registered_method_has_a_contract_setting():
+    assert set(CONTRACT_SETTINGS) == set(METHODS)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_returns_a_model_a_clean_row_and_leaves_alone_what_it_declares(tiny_model_dirs, starter, family, name):
+    model, tok = load_model(tiny_model_dirs[family])
+    m = METHODS[name]
+    params = m.make_params(CONTRACT_SETTINGS[name])
+    flat = flat_facts(starter[:20])
+    usage = {f"usage:{role}": {x.name: torch.rand(x.out_features, generator=torch.Generator().manual_seed(i))
+                               for x in linear_modules(model)} for i, role in enumerate(("old", "new", "history"))}
+    request = UpdateRequest(facts=flat.iloc[10:], target="target_new", training=TRAINING, seed=1,
+                            inputs={k: usage[k] for k in m.needs(params)})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    untouched = m.untouched(model, request, params)
+    result = m.apply(model, tok, request, params)
+    assert result.model is not None and not any("lora_" in n for n, _ in result.model.named_parameters())
+    after = dict(result.model.named_parameters())
+    assert set(after) == set(before)
+    for n, keep in untouched.items():
+        if keep is None:
+            assert torch.equal(after[n].detach(), before[n]), n
+        else:
+            assert torch.equal(after[n].detach()[keep], before[n][keep]), n
+    assert result.delta, "the method changed nothing"
+    for n, d in result.delta.items():
+        torch.testing.assert_close(after[n].detach() - before[n], d)
+    assert FIXED_COLUMNS <= set(result.columns)
+    suite = EvalSuite(flat.iloc[:10], frozenset(flat.case_id[:5]), flat.iloc[10:], "target_new",
+                      neighbourhood_table(starter[10:20], flat.case_id[10:]))
+    row, outcomes = evaluate(result.model, tok, suite, state=prepare(model, tok, suite))
+    numbers = {k: v for k, v in {**row, **result.stats}.items() if isinstance(v, float)}
+    assert not any(math.isnan(v) for v in numbers.values()), numbers
+    assert set(ACCURACIES) <= set(row)
+
+
+def test_the_harness_writes_a_row_a_curve_and_per_item_outcomes(tmp_path, tiny_model_dirs, starter):
+    from workflow_scripts.io import write_parquet
+    from workflow_scripts.methods.run import run_update
+
+    records = starter[:30]
+    facts = tmp_path / "facts.parquet"
+    from workflow_scripts.facts.schema import write_facts
+
+    write_facts(records, facts)
+    ids = [r["case_id"] for r in records]
+    slices = pd.DataFrame({"case_id": ids, "slice": ["A"] * 10 + ["B"] * 10 + ["rest"] * 10})
+    write_parquet(slices, tmp_path / "slices.parquet")
+    write_parquet(pd.DataFrame({"case_id": ids[:10], "slice": "A", "correct": [True] * 6 + [False] * 4}),
+                  tmp_path / "known.parquet")
+    job = {"scenario": "nondissonant_update", "method": "neurons", "variant": "plastic_k0.2", "fold": 0, "seed": 0,
+           "params": {"epochs": 3, "lr_ratio": 1.0, "strategy": "plastic", "k": 0.2, "usage_score": "abs_sum"},
+           "curves": True}
+    from workflow_scripts.training.usage import save_usage
+
+    model, _ = load_model(tiny_model_dirs["llama"])
+    save_usage({"abs_sum": {m.name: torch.rand(m.out_features) for m in linear_modules(model)}}, tmp_path / "u.safetensors")
+    inputs = {"model": str(tiny_model_dirs["llama"]), "facts": str(facts), "slices": str(tmp_path / "slices.parquet"),
+              "known": str(tmp_path / "known.parquet"), "usage_old": str(tmp_path / "u.safetensors")}
+    out = {k: tmp_path / f"{k}.parquet" for k in ("row", "curve", "outcomes")}
+    row = run_update(job, inputs, TRAINING, out["row"], out["curve"], out["outcomes"])
+    assert row["n_old"] == 10 and row["n_retained_base"] == 6 and row["n_new"] == 10
+    assert row["arm"] == "plastic" and row["strategy"] == "plastic" and row["paper"] == "2.1"
+    assert row["acc_new_lo"] <= row["acc_new"] <= row["acc_new_hi"]
+    curve = pd.read_parquet(out["curve"])
+    assert list(curve.epoch) == [1, 2, 3]
+    assert curve.acc_new.iloc[-1] == row["acc_new"]  # the last epoch's evaluation is the run's result
+    outcomes = pd.read_parquet(out["outcomes"])
+    assert set(outcomes.metric) >= {"acc_old", "retention_old", "acc_new", "acc_gen", "locality"}
+    assert (outcomes[outcomes.metric == "retention_old"].case_id.isin(ids[:6])).all()
+
+
+def test_lora_trains_only_adapters_and_merges_back(tiny_model_dirs, starter):
+    model, tok = load_model(tiny_model_dirs["gpt2"])
+    facts = flat_facts(starter[:12])
+    prompts, targets = facts.prompt.tolist(), facts.target_true.tolist()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=100, batch_size=6),
+          [StopAtAccuracy(tok, prompts, targets), LoraAdapters(8, 16, 0.0)])
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert accuracy(model, tok, prompts, targets) >= 0.9
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), base[n])}
+    assert changed and all(n.endswith(".weight") and "attn" in n or "mlp" in n for n in changed)
+
+
+def test_evaluator_counts_and_intervals(tiny_model_dirs, starter):
+    model, tok = load_model(tiny_model_dirs["gpt2"])
+    flat = flat_facts(starter[:30])
+    old, new = flat.iloc[:15], flat.iloc[15:]
+    prompts, targets = old.prompt.tolist(), old.target_true.tolist()
+    train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=60, batch_size=8), [StopAtAccuracy(tok, prompts, targets)])
+    suite = EvalSuite(old, frozenset(old.case_id[:10]), new, "target_true", neighbourhood_table(starter[15:30], new.case_id))
+    state = prepare(model, tok, suite)
+    row, outcomes = evaluate(model, tok, suite, state=state)
+    assert row["acc_old"] == 1.0 and row["retention_old"] == 1.0 and row["acc_new"] < 0.5
+    assert row["n_old"] == 15 and row["n_retained_base"] == 10 and row["n_new"] == 15
+    assert row["locality"] == 1.0  # nothing changed since the reference was taken
+    assert (row["acc_old_lo"], row["acc_old_hi"]) == pytest.approx(wilson(15, 15))
+    assert len(outcomes[outcomes.metric == "acc_old"]) == 15
+    assert 0 <= row["harmonic_mean"] <= 1
 
 
 def test_harmonic_mean():
@@ -20,67 +137,26 @@ def test_harmonic_mean():
     assert math.isnan(harmonic_mean([0.9, float("nan"), 1.0]))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_lora_trains_only_adapters_and_learns(tiny_model_dirs, starter, family):
-    model, tok = load_model(tiny_model_dirs[family])
-    facts = flat_facts(starter[:12])
-    base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    model, trainable = add_lora(model, LoraSettings(r=8, alpha=16))
-    train(model, tok, facts.prompt.tolist(), facts.target_true.tolist(),
-          TrainConfig(lr=3e-3, epochs=100, batch_size=6, stop_at_accuracy=1.0), trainable=trainable)
-    for n, p in model.named_parameters():
-        if "lora_" not in n:
-            assert torch.equal(p.detach(), base[n.replace(".base_layer", "")]), n
-    learned = accuracy(model, tok, facts.prompt.tolist(), facts.target_true.tolist())
-    assert learned >= 0.9
-    merged = merge_lora(model)
-    assert not any("lora_" in n for n, _ in merged.named_parameters())
-    assert accuracy(merged, tok, facts.prompt.tolist(), facts.target_true.tolist()) == learned
+def test_wilson_interval_matches_known_values():
+    low, high = wilson(23, 24)
+    assert (low, high) == pytest.approx((0.7976, 0.9926), abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    assert all(math.isnan(x) for x in wilson(0, 0))
 
 
-def test_evaluate_update_after_learning_new_facts(tiny_model_dirs, starter):
-    model, tok = load_model(tiny_model_dirs["gpt2"])
-    flat = flat_facts(starter[:30])
-    old, new = flat.iloc[:15], flat.iloc[15:]
-    cfg = TrainConfig(lr=3e-3, epochs=60, batch_size=8, stop_at_accuracy=1.0)
-    train(model, tok, old.prompt.tolist(), old.target_true.tolist(), cfg)
-    known = set(old.case_id)
-    row = evaluate_update(model, tok, old, new, known)
-    assert row["acc_old"] == 1.0 and row["retention_old"] == 1.0 and row["acc_new"] < 0.5
-    train(model, tok, new.prompt.tolist(), new.target_true.tolist(), cfg)
-    row = evaluate_update(model, tok, old, new, known)
-    assert row["acc_new"] == 1.0
-    assert row["n_old"] == 15 and row["n_new"] == 15 and row["n_retained_base"] == 15
-    assert 0 <= row["harmonic_mean"] <= 1
+def test_exact_mcnemar_counts_only_discordant_pairs():
+    a = [True] * 10 + [False] * 5
+    b = [True] * 4 + [False] * 6 + [False] * 5
+    test = mcnemar_exact(a, b)
+    assert (test["only_a"], test["only_b"]) == (6, 0)
+    assert test["p_value"] == pytest.approx(2 / 2**6)  # 2 * P(X <= 0), X ~ Bin(6, 1/2)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+    assert mcnemar_exact([True, False], [False, True])["p_value"] == 1.0
 
 
-@pytest.mark.parametrize("strategy,k", [("full", None), ("lora", None), ("plastic", 40), ("stubborn", 0.2), ("random", 40)])
-def test_every_arm_runs_through_the_same_routine(tiny_model_dirs, starter, strategy, k):
-    from workflow_scripts.models.architectures import linear_modules
-    from workflow_scripts.updates.arms import Arm, run_arm
-
-    model, tok = load_model(tiny_model_dirs["gpt2"])
-    flat = flat_facts(starter[:20])
-    old, new = flat.iloc[:10], flat.iloc[10:]
-    usage_old = {m.name: torch.rand(m.out_features) for m in linear_modules(model)}
-    cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=5)
-    row, curve = run_arm(model, tok, Arm(strategy, k, seed=1), old, new, set(old.case_id), cfg,
-                         {"old": usage_old, "new": None, "history": None})
-    total = sum(m.out_features for m in linear_modules(model))
-    expected_k = {"plastic": 40, "random": 40, "stubborn": round(0.2 * total)}.get(strategy, total)
-    assert row["strategy"] == strategy and row["k"] == expected_k
-    assert row["epochs"] == 3 and row["lr"] == 3e-3
-    assert list(curve.epoch) == [1, 2, 3]
-    assert {"acc_old", "retention_old", "acc_new", "acc_gen", "harmonic_mean"} <= set(row)
-    # after the run the model is a plain model again (LoRA merged)
-    assert not any("lora_" in n for n, _ in model.named_parameters())
-    assert len(linear_modules(model)) == 8
-
-
-def test_a_neuron_strategy_without_k_is_refused(tiny_model_dirs, starter):
-    from workflow_scripts.updates.arms import Arm, run_arm
-
-    model, tok = load_model(tiny_model_dirs["gpt2"])
-    flat = flat_facts(starter[:4])
-    with pytest.raises(ValueError, match="needs k"):
-        run_arm(model, tok, Arm("plastic"), flat, flat, set(), TrainConfig(epochs=1), {"old": None})
+def test_paired_bootstrap_finds_a_clear_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    clear = paired_bootstrap([list(rng.normal(0.3, 0.1, 40)) for _ in range(3)], reps=500)
+    assert clear["low"] > 0 and clear["p_value"] < 0.05
+    null = paired_bootstrap([list(rng.normal(0.0, 1.0, 40)) for _ in range(3)], reps=500)
+    assert null["low"] < 0 < null["high"]

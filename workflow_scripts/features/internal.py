@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from workflow_scripts.models.encoding import length_sorted_batches, pad_id, pad_right, target_logits
 from workflow_scripts.models.architectures import body_and_head, linear_modules
+from workflow_scripts.models.hooks import Trace
 
 STATISTICS = ("mean", "std", "min", "q25", "median", "q75", "max")
 MODALITIES = ("activation", "gradient")
@@ -127,23 +128,18 @@ def _extract_batch(model, embed, modules, scale, ids_list, pad, out, rows) -> No
         mu, sd = _masked_zscore(full.detach(), mask)
         captured[key] = (full.detach()[ar, position].float().cpu(), mu.cpu(), sd.cpu())
 
-    def make_hook(j):
-        def hook(module, inputs, output):
-            capture((0, j), output, last)
-            output.register_hook(lambda g: capture((1, j), g, before_last))
-
-        return hook
-
-    handles = [m.module.register_forward_hook(make_hook(j)) for j, m in enumerate(modules)]
-    try:
+    column = {m.name: j for j, m in enumerate(modules)}
+    trace = Trace(
+        model, modules, retain_output=False,
+        on_output=lambda name, output: capture((0, column[name]), output, last),
+        on_output_grad=lambda name, grad: capture((1, column[name]), grad, before_last),
+    )
+    with trace:
         inputs_embeds = embed(input_ids).detach().requires_grad_(True)
         next_mask = mask[:, 1:]
         owner = ar[:, None].expand_as(next_mask)[next_mask]
         weights = (1.0 / next_mask.sum(1))[owner]  # each text's loss is the mean over its tokens
         _backward_lm_loss(model, inputs_embeds, mask.long(), next_mask, input_ids[:, 1:][next_mask], weights)
-    finally:
-        for h in handles:
-            h.remove()
     # Statistics for all modules of one width at once (one sort instead of one per module).
     by_width: dict[int, list[int]] = {}
     for j, m in enumerate(modules):

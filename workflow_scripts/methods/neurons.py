@@ -3,17 +3,22 @@
 A neuron is one output unit of a tracked linear module. Usage maps module name -> per-neuron score
 (see ``training.usage``). A strategy returns module name -> boolean vector (True = this neuron may be
 updated), with exactly ``k`` True entries in all (``full`` selects every neuron). Rankings are global
-across modules and blocks; ties break by position, so masks are deterministic.
+across modules and blocks; ties break by position, so masks are deterministic. Each strategy declares
+the usage roles it reads (``uses``: "old", "new", "history"), so a run gets only the usage it needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-Usage = dict[str, torch.Tensor]
+# torch is imported inside the functions, so the DAG can read the registry (names, what each uses)
+# without importing torch.
+Usage = "dict[str, torch.Tensor]"
+USAGE_SCORES = ("abs_sum", "sum_abs", "sum_sq")  # the statistics training.usage records
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class StrategyInputs:
 
 
 def _flat(inputs: StrategyInputs, usage: Usage | None, what: str) -> torch.Tensor:
+    import torch
+
     if usage is None:
         raise ValueError(f"this strategy needs {what} usage")
     missing = set(inputs.widths) - set(usage)
@@ -44,6 +51,8 @@ def _unflat(inputs: StrategyInputs, chosen: torch.Tensor) -> dict[str, torch.Ten
 
 
 def _top(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    import torch
+
     order = torch.argsort(scores, descending=largest, stable=True)
     chosen = torch.zeros(len(scores), dtype=torch.bool)
     chosen[order[:k]] = True
@@ -58,6 +67,8 @@ def _check_k(inputs: StrategyInputs, k: int) -> int:
 
 
 def full(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
+    import torch
+
     return {name: torch.ones(width, dtype=torch.bool) for name, width in inputs.widths.items()}
 
 
@@ -69,6 +80,7 @@ def _ranked(source: str, largest: bool, doc: str):
         return _unflat(inputs, _top(_flat(inputs, getattr(inputs, source), source), k, largest))
 
     strategy.__doc__ = doc
+    strategy.uses = (source,)
     return strategy
 
 
@@ -81,6 +93,8 @@ free_new = _ranked("new", False, "The k neurons the new data used least.")
 
 
 def _specific(inputs, k, reference: Usage | None, what: str):
+    import torch
+
     total = _check_k(inputs, k)
     if 2 * k > total:
         raise ValueError(f"specific strategies need k <= half of all neurons ({total // 2}), got {k}: "
@@ -103,6 +117,8 @@ def specific_general(inputs, k, seed):
 
 def random_uniform(inputs, k, seed):
     """k neurons drawn uniformly from all neurons (seeded)."""
+    import torch
+
     total = _check_k(inputs, k)
     g = torch.Generator().manual_seed(seed)
     chosen = torch.zeros(total, dtype=torch.bool)
@@ -123,14 +139,25 @@ STRATEGIES: dict[str, Callable[[StrategyInputs, int, int], dict[str, torch.Tenso
     "free_b": free_new,
 }
 ORACLES = {"candidate", "specific", "free_b"}  # need a full pass on the new data first
+full.uses = random_uniform.uses = ()
+specific.uses = ("old", "new")
+specific_general.uses = ("old", "history")
+
+
+def uses(name: str) -> tuple[str, ...]:
+    """The usage roles a strategy reads ("old", "new", "history")."""
+    return tuple(_strategy(name).uses)
+
+
+def _strategy(name: str):
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}") from None
 
 
 def neuron_mask(name: str, inputs: StrategyInputs, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    try:
-        fn = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}") from None
-    return fn(inputs, k, seed)
+    return _strategy(name)(inputs, k, seed)
 
 
 def resolve_k(k: int | float, total: int) -> int:

@@ -1,5 +1,5 @@
-"""Across the targeted-update experiments: dissonant vs matched non-dissonant updates, where the
-stubborn neurons sit, how usage is distributed, and the learning-rate and epoch sweeps."""
+"""Across scenarios: a dissonant update vs its matched non-dissonant control, where the stubborn
+neurons sit, how usage is distributed, and the learning-rate and epoch sweeps."""
 
 from __future__ import annotations
 
@@ -8,24 +8,42 @@ import pandas as pd
 
 from workflow_scripts.io import write_text
 from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
-from workflow_scripts.updates.report import _pyplot, _savefig, main_setting
+from workflow_scripts.reports.plotting import pyplot, save_figure
+from workflow_scripts.reports.updates import main_rows
+from workflow_scripts.scenarios.design import SCENARIOS, controlled_pairs
 
 LEARNED = 0.9  # "learned" = at least this accuracy on the update facts
 
 
-def arm_label(strategy: str, k: int, total: int) -> str:
-    return strategy if strategy in ("full", "lora") else f"{strategy} k={k:,} ({100 * k / total:.3g}%)"
+def arm_label(arm: str, k: int, total: int, targeted: bool = True) -> str:
+    """A method's name, or a neuron strategy with its k."""
+    return f"{arm} k={k:,} ({100 * k / total:.3g}%)" if targeted else arm
+
+
+def labels(table: pd.DataFrame, total: int) -> list[str]:
+    return [arm_label(a, int(k), total, s is not None and s == s) for a, k, s in zip(table.arm, table.k, table.strategy)]
+
+
+def pair() -> tuple[str, str] | None:
+    """The (dissonant scenario, its matched control) the overview compares."""
+    pairs = controlled_pairs()
+    return pairs[0] if pairs else None
+
+
+def kind(scenario_name: str) -> str:
+    p = pair()
+    return "dissonant" if p and scenario_name == p[0] else "matched"
 
 
 def epochs_to_learn(curves: pd.DataFrame, threshold: float = LEARNED) -> pd.DataFrame:
     """Per experiment, arm and fold: the first epoch whose update accuracy reaches ``threshold``
     (NaN if none did) and the old-knowledge retention at that epoch."""
     rows = []
-    for key, part in curves.groupby(["experiment", "setting", "strategy", "k", "fold"]):
+    for key, part in curves.groupby(["scenario", "variant", "arm", "k", "fold"]):
         part = part.sort_values("epoch")
         hit = part[part.acc_new >= threshold]
         first = hit.iloc[0] if len(hit) else None
-        rows.append(dict(zip(["experiment", "setting", "strategy", "k", "fold"], key),
+        rows.append(dict(zip(["scenario", "variant", "arm", "k", "fold"], key),
                          epochs_to_learn=float(first.epoch) if first is not None else np.nan,
                          retention_when_learned=float(first.retention_old) if first is not None else np.nan,
                          epochs_run=int(part.epoch.max())))
@@ -33,68 +51,65 @@ def epochs_to_learn(curves: pd.DataFrame, threshold: float = LEARNED) -> pd.Data
 
 
 def dissonance_table(metrics: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Experiments 3.1 and 3.3 side by side at their own setting: mean over folds per arm."""
-    both = metrics[metrics.experiment.isin(["3.1", "3.3"])]
-    if both.experiment.nunique() < 2:
+    """The dissonant scenario and its matched control side by side at their own setting: mean over
+    folds per arm."""
+    p = pair()
+    both = metrics[metrics.scenario.isin(p)] if p else metrics.iloc[:0]
+    if both.scenario.nunique() < 2:
         return pd.DataFrame()
-    setting = main_setting(both)
-    both = both[both.setting == setting]
-    mean = both.groupby(["strategy", "k", "experiment"])[["retention_old", "acc_new", "acc_gen"]].mean()
-    wide = mean.unstack("experiment")
-    wide.columns = [f"{m}_{'dissonant' if e == '3.1' else 'matched'}" for m, e in wide.columns]
-    epochs = epochs_to_learn(curves[curves.experiment.isin(["3.1", "3.3"]) & (curves.setting == setting)])
+    both = main_rows(both)
+    variants = set(both.variant)
+    mean = both.groupby(["arm", "k", "scenario"], dropna=False)[["retention_old", "acc_new", "acc_gen"]].mean()
+    wide = mean.unstack("scenario")
+    wide.columns = [f"{m}_{kind(e)}" for m, e in wide.columns]
+    epochs = epochs_to_learn(curves[curves.scenario.isin(p) & curves.variant.isin(variants)])
     if len(epochs):
-        e = epochs.groupby(["strategy", "k", "experiment"]).epochs_to_learn.mean().unstack("experiment")
-        e.columns = [f"epochs_to_learn_{'dissonant' if c == '3.1' else 'matched'}" for c in e.columns]
+        e = epochs.groupby(["arm", "k", "scenario"]).epochs_to_learn.mean().unstack("scenario")
+        e.columns = [f"epochs_to_learn_{kind(c)}" for c in e.columns]
         wide = wide.join(e)
-    return wide.reset_index()
+    strategy = both.drop_duplicates(["arm", "k"]).set_index(["arm", "k"]).strategy
+    return wide.join(strategy).reset_index()
 
 
 def plot_dissonance(metrics: pd.DataFrame, curves: pd.DataFrame, total: int, dest: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     table = dissonance_table(metrics, curves)
+    p = pair()
     if table.empty:
         for ax in axes:
             ax.axis("off")
-        axes[1].text(0.5, 0.5, "needs experiments 3.1 and 3.3", ha="center")
-        _savefig(fig, dest)
+        axes[1].text(0.5, 0.5, "needs a dissonant scenario and its matched control", ha="center")
+        save_figure(fig, dest)
         return
-    labels = [arm_label(s, int(k), total) for s, k in zip(table.strategy, table.k)]
+    names = labels(table, total)
     x = np.arange(len(table))
-    axes[0].bar(x - 0.2, table.retention_old_matched, 0.4, label="matched new facts C (3.3)", color="tab:blue")
-    axes[0].bar(x + 0.2, table.retention_old_dissonant, 0.4, label="counterfact(B) (3.1)", color="tab:red")
-    axes[0].set_xticks(x, labels, rotation=25, ha="right", fontsize=7)
+    axes[0].bar(x - 0.2, table.retention_old_matched, 0.4, label=f"{p[1]} ({SCENARIOS[p[1]].paper})", color="tab:blue")
+    axes[0].bar(x + 0.2, table.retention_old_dissonant, 0.4, label=f"{p[0]} ({SCENARIOS[p[0]].paper})", color="tab:red")
+    axes[0].set_xticks(x, names, rotation=25, ha="right", fontsize=7)
     axes[0].set_ylabel("old facts retained (known before the update)")
     axes[0].set_ylim(0, 1.02)
     axes[0].legend(fontsize=7)
-    setting = main_setting(metrics[metrics.experiment.isin(["3.1", "3.3"])])
-    part = curves[curves.experiment.isin(["3.1", "3.3"]) & (curves.setting == setting)]
-    colors = dict(zip(table.strategy.unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for (exp, strategy, k), rows in part.groupby(["experiment", "strategy", "k"]):
+    variants = set(main_rows(metrics[metrics.scenario.isin(p)]).variant)
+    part = curves[curves.scenario.isin(p) & curves.variant.isin(variants)]
+    colors = dict(zip(table.arm.unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    targeted = dict(zip(table.arm, table.strategy.notna()))
+    for (sc, arm, k), rows in part.groupby(["scenario", "arm", "k"]):
         mean = rows.groupby("epoch")[["acc_new", "retention_old"]].mean()
-        style = "-" if exp == "3.1" else "--"
-        name = f"{arm_label(strategy, int(k), total)}, {'dissonant' if exp == '3.1' else 'matched'}"
-        axes[1].plot(mean.index, mean.acc_new, style, marker=".", color=colors.get(strategy), label=name)
-        axes[2].plot(mean.index, mean.retention_old, style, marker=".", color=colors.get(strategy), label=name)
+        style = "-" if kind(sc) == "dissonant" else "--"
+        name = f"{arm_label(arm, int(k), total, targeted.get(arm, False))}, {kind(sc)}"
+        axes[1].plot(mean.index, mean.acc_new, style, marker=".", color=colors.get(arm), label=name)
+        axes[2].plot(mean.index, mean.retention_old, style, marker=".", color=colors.get(arm), label=name)
     axes[1].set_ylabel("update facts learned")
     axes[2].set_ylabel("old facts retained")
     for ax in axes[1:]:
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.02, 1.02)
     axes[2].legend(fontsize=6)
-    fig.suptitle("Dissonant updates of model AB (red bars, solid lines) vs matched non-dissonant ones "
+    fig.suptitle("Dissonant updates (red bars, solid lines) vs matched non-dissonant ones "
                  "(blue bars, dashed lines)", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, dest)
-
-
-def module_table(model) -> pd.DataFrame:
-    """Tracked neurons per module: name, block, type, width (architecture knowledge from one place)."""
-    from workflow_scripts.models.architectures import linear_modules
-
-    return pd.DataFrame([{"name": m.name, "block": m.block, "type": m.type, "width": m.out_features}
-                         for m in linear_modules(model)])
+    save_figure(fig, dest)
 
 
 def stubborn_location(usage_per_fold: list[dict], modules: pd.DataFrame, ks: list[float]) -> pd.DataFrame:
@@ -121,7 +136,7 @@ def stubborn_location(usage_per_fold: list[dict], modules: pd.DataFrame, ks: lis
 
 
 def plot_stubborn_location(location: pd.DataFrame, dest: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     blocks = location[location.by == "block"].assign(group=lambda d: d.group.astype(int))
     for k, part in blocks.groupby("k"):
@@ -147,7 +162,7 @@ def plot_stubborn_location(location: pd.DataFrame, dest: str) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle("Where the stubborn neurons (top-k usage while learning the old facts A) sit", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, dest)
+    save_figure(fig, dest)
 
 
 def usage_frame(usages: dict[str, dict], modules: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +177,7 @@ def usage_frame(usages: dict[str, dict], modules: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_usage_distribution(frame: pd.DataFrame, score_name: str, dest: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     positive = frame[frame.score > 0]
     low, high = np.log10(positive.score.min()), np.log10(positive.score.max())
@@ -181,53 +196,52 @@ def plot_usage_distribution(frame: pd.DataFrame, score_name: str, dest: str) -> 
     fig.suptitle("Distribution of per-neuron usage; share exactly zero: "
                  + ", ".join(f"{s} {100 * z:.1f}%" for s, z in zero.items()), fontsize=10)
     fig.tight_layout()
-    _savefig(fig, dest)
+    save_figure(fig, dest)
 
 
 def plot_sweeps(metrics: pd.DataFrame, total: int, dest: str) -> bool:
-    """Learning-rate ratio sweep (2.1) and epoch sweep (3.1 vs 3.3); False if nothing was swept."""
-    plt = _pyplot()
-    lr = metrics[metrics.experiment == "2.1"]
-    lr = lr[lr.groupby(["strategy", "k"]).lr_ratio.transform("nunique") > 1]
-    ep = metrics[metrics.experiment.isin(["3.1", "3.3"])]
-    ep = ep[ep.groupby(["experiment", "strategy", "k"]).epochs.transform("nunique") > 1]
+    """Learning-rate ratio sweeps (any scenario) and epoch sweeps (the dissonant scenario and its
+    control); False if nothing was swept."""
+    plt = pyplot()
+    metrics = metrics.assign(targeted=metrics.strategy.notna())
+    lr = metrics[metrics.groupby(["scenario", "arm", "k"]).lr_ratio.transform("nunique") > 1]
+    p = pair()
+    ep = metrics[metrics.scenario.isin(p or ())]
+    ep = ep[ep.groupby(["scenario", "arm", "k"]).epochs.transform("nunique") > 1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for (strategy, k), part in lr.groupby(["strategy", "k"]):
+    for (sc, arm, k, targeted), part in lr.groupby(["scenario", "arm", "k", "targeted"]):
         mean = part.groupby("lr_ratio")[["acc_old", "acc_new"]].mean()
-        line = axes[0].plot(mean.index, mean.acc_old, marker="o", label=f"{arm_label(strategy, int(k), total)}: old")
+        line = axes[0].plot(mean.index, mean.acc_old, marker="o", label=f"{sc}, {arm_label(arm, int(k), total, targeted)}: old")
         axes[0].plot(mean.index, mean.acc_new, marker="s", ls="--", color=line[0].get_color(), label="  new")
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("update learning rate / old-stage learning rate (2.1)")
+    axes[0].set_xlabel("update learning rate / old-stage learning rate")
     axes[0].set_ylabel("accuracy")
-    for (exp, strategy, k), part in ep.groupby(["experiment", "strategy", "k"]):
+    for (sc, arm, k, targeted), part in ep.groupby(["scenario", "arm", "k", "targeted"]):
         mean = part.groupby("epochs")[["retention_old", "acc_new"]].mean()
-        kind = "dissonant" if exp == "3.1" else "matched"
-        line = axes[1].plot(mean.index, mean.acc_new, marker="s", ls="--", label=f"{arm_label(strategy, int(k), total)}, {kind}: new")
+        line = axes[1].plot(mean.index, mean.acc_new, marker="s", ls="--", label=f"{arm_label(arm, int(k), total, targeted)}, {kind(sc)}: new")
         axes[1].plot(mean.index, mean.retention_old, marker="o", color=line[0].get_color(), label="  old retained")
-    axes[1].set_xlabel("epochs of the update (3.1 vs 3.3)")
+    axes[1].set_xlabel("epochs of the update (dissonant vs matched)")
     for ax, empty in ((axes[0], lr.empty), (axes[1], ep.empty)):
         ax.set_ylim(-0.02, 1.02)
         if empty:
-            ax.text(0.5, 0.5, "not swept (updates.sweeps)", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "not swept (lr_ratio or epochs lists in updates.scenarios)", ha="center", transform=ax.transAxes)
         else:
             ax.legend(fontsize=6)
     fig.suptitle("The original's addenda: learning-rate ratio and epochs", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, dest)
+    save_figure(fig, dest)
     return not (lr.empty and ep.empty)
 
 
 def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_paths: dict[str, list[str]],
-                   model_dir: str, usage_score: str, ks: list[float], out: dict) -> str:
-    """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one)."""
-    from workflow_scripts.models.loading import load_model
+                   modules_path: str, usage_score: str, ks: list[float], out: dict) -> str:
+    """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one);
+    ``modules_path``: the module table written at conversion (name, block, type, width)."""
     from workflow_scripts.training.usage import load_usage
 
     metrics = pd.concat([pd.read_parquet(p) for p in metrics_paths], ignore_index=True)
     curves = pd.concat([pd.read_parquet(p) for p in curves_paths], ignore_index=True)
-    model, _ = load_model(model_dir, dtype="float32", device="cpu")
-    modules = module_table(model)
-    del model
+    modules = pd.read_parquet(modules_path)
     total = int(modules.width.sum())
     usage_a = [load_usage(p, usage_score) for p in usage_paths["A"]]
     location = stubborn_location(usage_a, modules, ks)
@@ -243,21 +257,23 @@ def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_path
     table = dissonance_table(metrics, curves)
     if len(table):
         show = table.copy()
-        show.insert(0, "arm", [arm_label(s, int(k), total) for s, k in zip(show.pop("strategy"), show.pop("k"))])
-        lines += ["## Dissonant vs matched non-dissonant update (3.1 vs 3.3)", "",
+        show["arm"] = labels(show, total)
+        show = show.drop(columns=["k", "strategy"])
+        p = pair()
+        lines += [f"## Dissonant vs matched non-dissonant update ({p[0]} vs {p[1]})", "",
                   "Old facts (A) retained, update accuracy and generalisation, mean over folds; epochs to learn = "
                   f"first epoch with update accuracy >= {LEARNED} (from the per-epoch curves).", "",
                   show.round(3).to_markdown(index=False), ""]
-    summary = (metrics.groupby(["experiment", "setting", "strategy", "k"])[["retention_old", "acc_new", "acc_gen", "harmonic_mean"]]
+    summary = (metrics.groupby(["scenario", "method", "variant"])[["retention_old", "acc_new", "acc_gen", "harmonic_mean"]]
                .mean().reset_index())
-    summary.insert(3, "arm", [arm_label(s, int(k), total) for s, k in zip(summary.strategy, summary.k)])
-    lines += ["## Every arm (mean over folds)", "",
-              summary.drop(columns=["strategy", "k"]).round(3).to_markdown(index=False), "",
+    lines += ["## Every run (mean over folds)", "",
+              summary.round(3).to_markdown(index=False), "",
               "## Where the stubborn neurons sit", "",
               "Share of the top-k neurons by A's usage per module type (uniform = share of all neurons):", "",
               location[location.by == "type"].drop(columns="by").round(3).to_markdown(index=False), ""]
     if not swept:
-        lines += ["No learning-rate or epoch sweep configured (updates.sweeps); with a constant learning rate, "
+        lines += ["No learning-rate or epoch sweep configured (lr_ratio or epochs lists in updates.scenarios); "
+                  "with a constant learning rate, "
                   "the per-epoch curves above already show what fewer epochs give.", ""]
     text = "\n".join(lines)
     write_text(text, out["summary"])

@@ -9,9 +9,9 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 from workflow_scripts.awareness.experiment import extract_features  # noqa: E402
 
 
-def main(input, output, params, threads):
+def main(input, output, params, threads, resources):
     extract_features(str(input.model), input.samples, input.usage, output.features, output.catalog,
-                     params.batch_size)
+                     int(resources.batch_size))
 
 
 if __name__ == "__main__":

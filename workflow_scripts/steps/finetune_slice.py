@@ -11,10 +11,13 @@ from workflow_scripts.training.train import TrainConfig  # noqa: E402
 
 
 def main(input, output, params, threads):
+    training = dict(params.training)
+    stop = training.pop("stop_at_accuracy", None)
     finetune_on_slice(
-        str(input.model), input.facts, input.slices, params.slice, TrainConfig(**params.training),
+        str(input.model), input.facts, input.slices, params.slice, TrainConfig(**training),
         output.history, out_model_dir=getattr(output, "model_dir", None), usage_path=getattr(output, "usage", None),
         known_path=getattr(output, "known", None), score_slices=getattr(params, "score", None),
+        stop_at_accuracy=stop,
     )
 
 

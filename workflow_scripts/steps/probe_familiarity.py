@@ -9,8 +9,8 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 from workflow_scripts.probe import probe_familiarity  # noqa: E402
 
 
-def main(input, output, params, threads):
-    probe_familiarity(str(input.model), input.facts, output.table, params.factset, params.batch_size)
+def main(input, output, params, threads, resources):
+    probe_familiarity(str(input.model), input.facts, output.table, params.factset, int(resources.batch_size))
 
 
 if __name__ == "__main__":

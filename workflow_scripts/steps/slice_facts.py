@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from workflow_scripts.steps._runner import run_step  # noqa: E402
 from workflow_scripts.facts.schema import read_facts  # noqa: E402
 from workflow_scripts.io import write_parquet  # noqa: E402
-from workflow_scripts.training.stages import slice_facts  # noqa: E402
+from workflow_scripts.scenarios.slices import slice_facts  # noqa: E402
 
 
 def main(input, output, params, threads):

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from workflow_scripts.steps._runner import run_step  # noqa: E402
-from workflow_scripts.updates.overview import write_overview  # noqa: E402
+from workflow_scripts.reports.overview import write_overview  # noqa: E402
 
 
 def main(input, output, params, threads):
@@ -16,7 +16,7 @@ def main(input, output, params, threads):
         "H": [input.usage_history],
     }
     outputs = {k: getattr(output, k) for k in ("summary", "dissonance", "location", "usage", "sweeps")}
-    write_overview(list(input.metrics), list(input.curves), usage, str(input.model), params.usage_score,
+    write_overview(list(input.metrics), list(input.curves), usage, str(input.modules), params.usage_score,
                    list(params.k), outputs)
 
 

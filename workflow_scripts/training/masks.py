@@ -34,9 +34,3 @@ def tracked_parameter_names(model) -> set[str]:
         if getattr(m.module, "bias", None) is not None:
             names.add(f"{m.name}.bias")
     return names
-
-
-def only_tracked(model):
-    """A ``trainable`` filter for :func:`training.train.train`: tracked linear modules only."""
-    names = tracked_parameter_names(model)
-    return lambda name, param: name in names

@@ -1,9 +1,10 @@
-"""Training stages as plain functions: fine-tune a model on a slice of facts, record usage, save."""
+"""Training stages as plain functions: fine-tune a model on a slice of facts, record usage, save.
+
+(The slices themselves come from ``scenarios.slices``, the one seeded slicer.)"""
 
 from __future__ import annotations
 
 import logging
-import random
 from typing import Sequence
 
 import pandas as pd
@@ -12,25 +13,11 @@ from workflow_scripts.facts.schema import flat_facts, read_facts
 from workflow_scripts.io import atomic_dir, write_parquet
 from workflow_scripts.evaluation import score_targets
 from workflow_scripts.models.loading import load_model
+from workflow_scripts.training.plugins import RecordUsage, StopAtAccuracy
 from workflow_scripts.training.train import TrainConfig, train
 from workflow_scripts.training.usage import UsageTracker, save_usage
 
 log = logging.getLogger(__name__)
-
-
-def slice_facts(case_ids: list[int], sizes: dict[str, int], seed: int) -> pd.DataFrame:
-    """Disjoint, uniformly drawn slices of the facts (seeded): case_id -> slice name ('rest' = unused)."""
-    total = sum(sizes.values())
-    if total > len(case_ids):
-        raise ValueError(f"slices {sizes} need {total} facts but only {len(case_ids)} are available")
-    order = sorted(case_ids)
-    random.Random(f"slices|{seed}").shuffle(order)
-    names, start = {}, 0
-    for name, size in sizes.items():
-        for cid in order[start : start + size]:
-            names[cid] = name
-        start += size
-    return pd.DataFrame({"case_id": sorted(case_ids), "slice": [names.get(c, "rest") for c in sorted(case_ids)]})
 
 
 def finetune_on_slice(
@@ -44,10 +31,12 @@ def finetune_on_slice(
     usage_path: str | None = None,
     known_path: str | None = None,
     score_slices: Sequence[str] | None = None,
+    stop_at_accuracy: float | None = None,
 ) -> pd.DataFrame:
     """Full fine-tune on one slice (prompt + target_true); optionally save model, usage and the
     per-fact result after training (``known``: teacher-forced exact match on ``score_slices``,
-    default the trained slice; columns case_id, slice, correct, ...)."""
+    default the trained slice; columns case_id, slice, correct, ...). ``stop_at_accuracy`` stops after
+    the epoch where the slice's training accuracy reaches it."""
     model, tokenizer = load_model(model_dir, dtype="float32")
     slices = pd.read_parquet(slices_path)
     ids = set(slices.case_id[slices.slice == slice_name])
@@ -56,12 +45,15 @@ def finetune_on_slice(
     if flat.empty:
         raise ValueError(f"slice {slice_name!r} is empty")
     prompts, targets = flat.prompt.tolist(), flat.target_true.tolist()
+    plugins, tracker = [], None
+    if stop_at_accuracy is not None:
+        plugins.append(StopAtAccuracy(tokenizer, prompts, targets, stop_at_accuracy))
     if usage_path:
-        with UsageTracker(model) as tracker:
-            history = train(model, tokenizer, prompts, targets, cfg, tracker=tracker)
+        tracker = UsageTracker(model)
+        plugins.append(RecordUsage(tracker))
+    history = train(model, tokenizer, prompts, targets, cfg, plugins)
+    if tracker is not None:
         save_usage(tracker.scores(), usage_path, {"slice": slice_name, "facts": len(flat)})
-    else:
-        history = train(model, tokenizer, prompts, targets, cfg)
     table = pd.DataFrame(history).assign(slice=slice_name, facts=len(flat))
     write_parquet(table, history_path)
     if known_path:

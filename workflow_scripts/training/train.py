@@ -11,8 +11,8 @@
   fused optimiser, the clipping factor is applied inside its step instead of in a separate pass).
 - Precision: fp32 (the default), or bf16 autocast of the forward pass (weights, gradients and the
   optimiser stay fp32) where the device supports it.
-- An optional per-parameter update mask: masked-out entries are restored after every optimiser step,
-  so they never move, whatever the weight decay or optimiser state.
+- Everything else is a plugin (``training.plugins``): which parameters train, update masks, usage
+  recording, per-epoch evaluation, early stopping, LoRA adapters, data mixing and per-token weights.
 """
 
 from __future__ import annotations
@@ -22,22 +22,22 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from workflow_scripts.evaluation.exact_match import accuracy
 from workflow_scripts.models.encoding import EncodedPair, encode_pair, pad_id, pad_right, target_logits
 from workflow_scripts.models.architectures import supports_packing
 from workflow_scripts.runtime import keep_freed_memory
+from workflow_scripts.training.plugins import TrainingPlugin
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-4
+    lr: float = 3e-4
     epochs: int = 10
     batch_size: int = 16
     weight_decay: float = 0.0
@@ -45,7 +45,6 @@ class TrainConfig:
     schedule: str = "constant"  # "constant" | "linear" (to zero)
     warmup_steps: int = 0
     seed: int = 0
-    stop_at_accuracy: float | None = None  # stop after the epoch where training accuracy reaches it
     pack: bool = True  # facts of a batch back to back in one row (no padding) where the model allows it
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward pass)
 
@@ -98,12 +97,14 @@ def collate_packed(pairs: Sequence[EncodedPair], idx: Sequence[int], device=None
 
 
 def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None, position_ids=None,
-                owner=None, inputs_embeds=None) -> torch.Tensor:
+                owner=None, inputs_embeds=None, token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over facts of the mean cross-entropy over each fact's answer tokens, divided by
     ``per_batch`` (the nominal batch size; default: this batch's number of facts). With the nominal
     size, a fact in a short last batch weighs the same as any other. ``owner`` (the fact of each
     answer position) is needed for packed rows (see :func:`collate_packed`); otherwise a row is a fact.
-    ``inputs_embeds``, when given, stand in for the embedding of ``input_ids``."""
+    ``inputs_embeds``, when given, stand in for the embedding of ``input_ids``. ``token_weights`` (one
+    per answer position, in the order of ``answer``) weigh each token's loss; a fact's loss is then
+    its weighted mean (weights of a fact summing to zero give it no loss)."""
     logits = target_logits(model, input_ids, attention, answer, position_ids=position_ids,
                            inputs_embeds=inputs_embeds)
     gold = input_ids[:, 1:][answer]
@@ -112,6 +113,11 @@ def answer_loss(model, input_ids, attention, answer, per_batch: int | None = Non
     if owner is None:
         owner = torch.arange(len(input_ids), device=device)[:, None].expand_as(answer)[answer]
     facts = int(owner.max()) + 1
+    if token_weights is not None:
+        w = token_weights.to(token_loss.dtype)
+        per_fact = torch.zeros(facts, device=device).index_add_(0, owner, token_loss * w)
+        mass = torch.zeros(facts, device=device).index_add_(0, owner, w)
+        return (per_fact / mass.clamp(min=1e-12)).sum() / (per_batch or facts)
     per_fact = torch.zeros(facts, device=device).index_add_(0, owner, token_loss)
     counts = torch.bincount(owner, minlength=facts).clamp(min=1)
     return (per_fact / counts).sum() / (per_batch or facts)
@@ -172,23 +178,34 @@ def clip_in_step(optimizer, params, max_norm: float) -> torch.Tensor:
     return total
 
 
+@dataclass
+class TrainBatch:
+    """One optimiser step's facts, as the model sees them (packed in one row, or padded)."""
+
+    idx: list[int]  # indices of the facts (into the encoded pairs)
+    input_ids: torch.Tensor
+    attention: torch.Tensor | None  # None when packed
+    position_ids: torch.Tensor | None  # restarts per fact when packed
+    answer: torch.Tensor  # (rows, seq - 1): positions whose next token is an answer token
+    owner: torch.Tensor | None  # fact of each answer position (packed rows)
+
+
 def train(
     model,
     tokenizer,
     prompts: Sequence[str],
     targets: Sequence[str],
     cfg: TrainConfig,
-    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None,
-    update_mask: dict[str, torch.Tensor] | None = None,
-    tracker=None,
-    on_epoch: Callable[[int, dict], None] | None = None,
+    plugins: Sequence[TrainingPlugin] = (),
 ) -> list[dict]:
     """Fine-tune ``model`` in place on (prompt, target) facts; returns one dict per epoch.
 
-    ``trainable(name, param)`` selects the parameters to optimise (default: all). ``update_mask``
-    maps parameter names to boolean tensors broadcastable to the parameter: only True entries change.
-    ``tracker`` (a :class:`~workflow_scripts.training.usage.UsageTracker`, already entered) receives the
-    answer positions of every batch.
+    Everything a method changes about training comes in as ``plugins`` (see
+    :mod:`workflow_scripts.training.plugins`), called at fixed points: ``prepare`` before the
+    optimiser is built, ``trainable`` to choose the optimised parameters (all must agree), ``mix``
+    on the encoded facts, ``token_weights`` before every batch's forward pass, ``after_step`` after
+    every optimiser step, ``on_epoch`` after every epoch (any True stops training) and ``finish`` at
+    the end (in reverse order). The routine itself never knows which method it is running.
     """
     device = next(model.parameters()).device
     precision = autocast_for(cfg, device)  # fails before any work if the device lacks bf16
@@ -196,16 +213,22 @@ def train(
         keep_freed_memory()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    for plugin in plugins:
+        plugin.prepare(model)
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    for plugin in plugins:
+        pairs = plugin.mix(pairs, rng)
     pad = pad_id(tokenizer)
     packed = cfg.pack and supports_packing(model)
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
-    named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n, p)]
+
+    def trainable(name, param) -> bool:
+        return all(plugin.trainable(name, param) for plugin in plugins)
+
+    named = [(n, p) for n, p in model.named_parameters() if trainable(n, p)]
     for n, p in model.named_parameters():
-        p.requires_grad_(trainable is None or trainable(n, p))
+        p.requires_grad_(trainable(n, p))
     params = [p for _, p in named]
-    masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (update_mask or {}).items()}
-    masked = [(p, masks[n]) for n, p in named if n in masks]
     embedding_rows_only = model.get_input_embeddings().weight.requires_grad
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
@@ -221,53 +244,52 @@ def train(
         return 1.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    history = []
+    history, step = [], 0
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        start, losses = time.perf_counter(), []
-        for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
-            if packed:
-                input_ids, position_ids, answer, owner = collate_packed(pairs, idx, device)
-                attention = None
-            else:
-                (input_ids, attention, answer), position_ids, owner = collate(pairs, idx, pad, device), None, None
-            if tracker is not None:
-                tracker.positions = torch.cat([answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=device)], 1)
-            with precision:
-                embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
-                loss = answer_loss(model, input_ids, attention, answer, per_batch=cfg.batch_size,
-                                   position_ids=position_ids, owner=owner, inputs_embeds=embeds)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if embeds is not None:
-                add_embedding_rows(model, input_ids, embeds)
-            with torch.no_grad():
-                for p, m in masked:  # frozen entries must not count in the clipping norm
-                    if p.grad is not None:
-                        p.grad.mul_(m)
-            if cfg.max_grad_norm:
-                clip_in_step(optimizer, params, cfg.max_grad_norm)
-            frozen = [(p, m, p.detach().clone()) for p, m in masked]
-            optimizer.step()
-            with torch.no_grad():
-                for p, m, old in frozen:
-                    p.copy_(torch.where(m, p, old))
-            scheduler.step()
-            losses.append(loss.item())
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            start, losses = time.perf_counter(), []
+            for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
+                if packed:
+                    input_ids, position_ids, answer, owner = collate_packed(pairs, idx, device)
+                    batch = TrainBatch(idx, input_ids, None, position_ids, answer, owner)
+                else:
+                    input_ids, attention, answer = collate(pairs, idx, pad, device)
+                    batch = TrainBatch(idx, input_ids, attention, None, answer, None)
+                weights = None
+                for plugin in plugins:
+                    w = plugin.token_weights(batch)
+                    if w is not None:
+                        weights = w if weights is None else weights * w
+                with precision:
+                    embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
+                    loss = answer_loss(model, input_ids, batch.attention, answer, per_batch=cfg.batch_size,
+                                       position_ids=batch.position_ids, owner=batch.owner, inputs_embeds=embeds,
+                                       token_weights=weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if embeds is not None:
+                    add_embedding_rows(model, input_ids, embeds)
+                if cfg.max_grad_norm:
+                    clip_in_step(optimizer, params, cfg.max_grad_norm)
+                optimizer.step()
+                step += 1
+                for plugin in plugins:
+                    plugin.after_step(model, step)
+                scheduler.step()
+                losses.append(loss.item())
+            model.eval()
+            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
+            history.append(record)
+            stop = [plugin.on_epoch(model, epoch, record) for plugin in plugins]
+            log.info("epoch %d: %s", epoch, record)
+            if any(stop):
+                break
+            model.train()
+    finally:
         model.eval()
-        record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
-        if cfg.stop_at_accuracy is not None:
-            record["train_accuracy"] = accuracy(model, tokenizer, prompts, targets, batch_size=64)
-        history.append(record)
-        log.info("epoch %d: %s", epoch, record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if cfg.stop_at_accuracy is not None and record["train_accuracy"] >= cfg.stop_at_accuracy:
-            break
-        model.train()
-    model.eval()
-    for n, p in model.named_parameters():
-        p.requires_grad_(requires.get(n, True))
-    if tracker is not None:
-        tracker.positions = None
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires.get(n, True))
+    for plugin in reversed(plugins):
+        model = plugin.finish(model) or model
     return history

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from workflow_scripts.io import atomic_path
 from workflow_scripts.models.architectures import linear_modules
+from workflow_scripts.models.hooks import Trace
 
 SCORES = ("abs_sum", "sum_abs", "sum_sq")
 
@@ -23,7 +24,11 @@ class UsageTracker:
     """Accumulates per-neuron gradient statistics over answer positions while it is attached.
 
     ``positions`` must be set to a boolean (batch, seq) tensor marking the positions whose output
-    predicts an answer token before each backward pass.
+    predicts an answer token before each forward and backward pass; forward passes while it is None
+    are not counted. The gradients come from a :class:`~workflow_scripts.models.hooks.Trace` over
+    the architecture map's linear modules (``modules``). Entering an attached tracker again (a
+    ``with`` block around a run whose ``RecordUsage`` plugin also attaches it) nests: the hooks stay
+    single and are removed when the outermost attachment ends.
     """
 
     def __init__(self, model):
@@ -33,33 +38,26 @@ class UsageTracker:
         self.sum_sq = {m.name: torch.zeros(m.out_features, dtype=torch.float64) for m in self.modules}
         self.positions: torch.Tensor | None = None
         self.tokens = 0
-        self._handles = []
+        self._trace = Trace(model, self.modules, retain_output=False, on_output_grad=self._accumulate,
+                            active=lambda: self.positions is not None)
+        self._depth = 0
 
     def __enter__(self):
-        for m in self.modules:
-            self._handles.append(m.module.register_forward_hook(self._forward_hook(m.name)))
+        if self._depth == 0:
+            self._trace.__enter__()
+        self._depth += 1
         return self
 
     def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._trace.__exit__(*exc)
 
-    def _forward_hook(self, name):
-        def hook(module, inputs, output):
-            if not output.requires_grad or self.positions is None:
-                return
-            positions = self.positions
-
-            def grad_hook(grad):
-                g = grad[positions].detach().double().cpu()  # (answer positions, out_features)
-                self.sum[name] += g.sum(0)
-                self.sum_abs[name] += g.abs().sum(0)
-                self.sum_sq[name] += (g * g).sum(0)
-
-            output.register_hook(grad_hook)
-
-        return hook
+    def _accumulate(self, name: str, grad: torch.Tensor) -> None:
+        g = grad[self.positions].detach().double().cpu()  # (answer positions, out_features)
+        self.sum[name] += g.sum(0)
+        self.sum_abs[name] += g.abs().sum(0)
+        self.sum_sq[name] += (g * g).sum(0)
 
     def scores(self) -> dict[str, dict[str, torch.Tensor]]:
         """score name -> module name -> per-neuron score (float32)."""

@@ -1,4 +1,4 @@
-"""Rule updates_slices: slices A, B, C and K of one fold of the targeted-update experiments."""
+"""Rule fold_slices: slices A, B, C and K of one fold (shared by every scenario)."""
 
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 from workflow_scripts.facts.schema import read_facts  # noqa: E402
 from workflow_scripts.io import write_parquet  # noqa: E402
 from workflow_scripts.steps._runner import run_step  # noqa: E402
-from workflow_scripts.updates.slices import known_case_ids, update_slices  # noqa: E402
+from workflow_scripts.scenarios.slices import fold_slices, known_case_ids  # noqa: E402
 
 
 def main(input, output, params, threads):
@@ -18,7 +18,7 @@ def main(input, output, params, threads):
     history = pd.read_parquet(input.history_slices)
     excluded = set(history.case_id[history.slice == "H"])
     known = known_case_ids(pd.read_parquet(input.known_by_base))
-    write_parquet(update_slices(ids, excluded, known, dict(params.sizes), params.seed), output.slices)
+    write_parquet(fold_slices(ids, excluded, known, dict(params.sizes), params.seed), output.slices)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,210 @@
+"""One evaluator for every method: the same suite, the same metrics, counts and intervals.
+
+A suite (:class:`EvalSuite`) is what a scenario asks of an update: the facts to keep (and which of
+them were known just before), the facts to learn with their target column, and the learned facts'
+neighbourhood prompts. Metrics are a registry (:data:`METRICS`); each returns per-item outcomes, so
+every accuracy carries its count and a 95 % Wilson interval, and two methods scored on the same
+items can be compared by a paired test.
+
+- ``exact_match`` (the headline; teacher-forced, every target token the argmax):
+  ``acc_old`` (all kept facts), ``retention_old`` (those known just before), ``acc_new`` (learned facts
+  with the update's target), ``acc_gen`` (their paraphrase prompts), and ``harmonic_mean`` of the last
+  three (0 if any is 0).
+- ``counterfact`` (CounterFact-style probability comparisons, P = exp(mean token log-probability) of a
+  target after a prompt): ``efficacy_score`` = share of learned facts with P(update target) > P(other
+  target) (the other of target_true / target_new), ``paraphrase_score`` the same on paraphrase prompts,
+  ``neighbourhood_score`` = share of neighbourhood prompts (other subjects with the same true object)
+  with P(target_true) > P(target_new); each ``*_magnitude`` is the mean difference of those
+  probabilities.
+- ``locality``: share of neighbourhood prompts whose next-token prediction (argmax after the prompt)
+  is unchanged from the start model's (recorded by :func:`prepare` before the update).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow_scripts.evaluation.exact_match import score_targets
+from workflow_scripts.evaluation.stats import wilson
+from workflow_scripts.models.encoding import pad_id, pad_right
+
+OTHER = {"target_true": "target_new", "target_new": "target_true"}
+NEIGHBOURS_PER_FACT = 2  # neighbourhood prompts scored per learned fact (bounds the cost)
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    keep: pd.DataFrame  # flat facts whose knowledge must survive
+    known_before: frozenset[int]  # case ids of ``keep`` known just before the update
+    learn: pd.DataFrame  # flat facts the update learns
+    target: str  # column of ``learn`` holding the update's target
+    neighbours: pd.DataFrame = field(default_factory=pd.DataFrame)  # case_id, item, prompt, target_true, target_new
+
+
+@dataclass
+class Outcomes:
+    """Per-item outcomes of one evaluation: metric, case_id, item, correct (+ values for magnitudes)."""
+
+    items: list[dict] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, metric: str, case_ids: Sequence[int], correct: Sequence[bool], items: Sequence[int] | None = None):
+        items = items if items is not None else [0] * len(case_ids)
+        self.items.extend({"metric": metric, "case_id": int(c), "item": int(i), "correct": bool(x)}
+                          for c, i, x in zip(case_ids, items, correct))
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    values = [float(v) for v in values]
+    if any(math.isnan(v) for v in values):
+        return float("nan")
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def neighbourhood_table(records: list[dict], case_ids, per_fact: int = NEIGHBOURS_PER_FACT) -> pd.DataFrame:
+    """The first ``per_fact`` neighbourhood prompts of each fact in ``case_ids``."""
+    wanted = set(case_ids)
+    rows = []
+    for r in records:
+        if r["case_id"] not in wanted:
+            continue
+        rw = r["requested_rewrite"]
+        for i, prompt in enumerate(r.get("neighborhood_prompts", [])[:per_fact]):
+            rows.append({"case_id": r["case_id"], "item": i, "prompt": prompt,
+                         "target_true": rw["target_true"]["str"], "target_new": rw["target_new"]["str"]})
+    return pd.DataFrame(rows, columns=["case_id", "item", "prompt", "target_true", "target_new"])
+
+
+def _scores(model, tok, prompts, targets) -> pd.DataFrame:
+    if len(prompts) == 0:
+        return pd.DataFrame({"correct": np.zeros(0, bool), "mean_logprob": np.zeros(0)})
+    return score_targets(model, tok, list(prompts), list(targets), batch_size=64)
+
+
+def exact_match(model, tok, suite: EvalSuite, state=None) -> Outcomes:
+    out = Outcomes()
+    keep = _scores(model, tok, suite.keep.prompt, suite.keep.target_true).correct.to_numpy()
+    out.add("acc_old", suite.keep.case_id, keep)
+    known = suite.keep.case_id.isin(suite.known_before).to_numpy()
+    out.add("retention_old", suite.keep.case_id[known], keep[known])
+    learn = _scores(model, tok, suite.learn.prompt, suite.learn[suite.target]).correct.to_numpy()
+    out.add("acc_new", suite.learn.case_id, learn)
+    gen = suite.learn[suite.learn.paraphrase_prompt.notna()]
+    out.add("acc_gen", gen.case_id, _scores(model, tok, gen.paraphrase_prompt, gen[suite.target]).correct.to_numpy())
+    return out
+
+
+def _preference(model, tok, prompts, preferred, other) -> tuple[np.ndarray, np.ndarray]:
+    """(P(preferred) > P(other), P(preferred) - P(other)) per prompt."""
+    a = np.exp(_scores(model, tok, prompts, preferred).mean_logprob.to_numpy())
+    b = np.exp(_scores(model, tok, prompts, other).mean_logprob.to_numpy())
+    return a > b, a - b
+
+
+def counterfact(model, tok, suite: EvalSuite, state=None) -> Outcomes:
+    out = Outcomes()
+    other = OTHER[suite.target]
+    learn = suite.learn
+    hit, diff = _preference(model, tok, learn.prompt, learn[suite.target], learn[other])
+    out.add("efficacy_score", learn.case_id, hit)
+    out.values["efficacy_magnitude"] = float(diff.mean()) if len(diff) else float("nan")
+    gen = learn[learn.paraphrase_prompt.notna()]
+    hit, diff = _preference(model, tok, gen.paraphrase_prompt, gen[suite.target], gen[other])
+    out.add("paraphrase_score", gen.case_id, hit)
+    out.values["paraphrase_magnitude"] = float(diff.mean()) if len(diff) else float("nan")
+    nb = suite.neighbours
+    if len(nb):
+        hit, diff = _preference(model, tok, nb.prompt, nb.target_true, nb.target_new)
+        out.add("neighbourhood_score", nb.case_id, hit, nb["item"])
+        out.values["neighbourhood_magnitude"] = float(diff.mean())
+    else:
+        out.values["neighbourhood_magnitude"] = float("nan")
+    return out
+
+
+@torch.no_grad()
+def next_token_predictions(model, tok, prompts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """The argmax next token after each prompt (right padding; read at each prompt's last token)."""
+    device = next(model.parameters()).device
+    encoded = [tok(p.rstrip())["input_ids"] for p in prompts]
+    out = np.zeros(len(encoded), dtype=np.int64)
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        ids, mask = pad_right(chunk, pad_id(tok))
+        logits = model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False).logits
+        last = torch.tensor([len(x) - 1 for x in chunk], device=device)
+        out[start : start + len(chunk)] = logits[torch.arange(len(chunk), device=device), last].argmax(-1).cpu().numpy()
+    return out
+
+
+def locality_before(model, tok, suite: EvalSuite):
+    return next_token_predictions(model, tok, suite.neighbours.prompt.tolist()) if len(suite.neighbours) else None
+
+
+def locality(model, tok, suite: EvalSuite, state=None) -> Outcomes:
+    out = Outcomes()
+    if state is None or not len(suite.neighbours):
+        return out
+    after = next_token_predictions(model, tok, suite.neighbours.prompt.tolist())
+    out.add("locality", suite.neighbours.case_id, after == state, suite.neighbours["item"])
+    return out
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    score: Callable[..., Outcomes]
+    before: Callable | None = None  # state taken from the start model (e.g. its predictions)
+    produces: tuple[str, ...] = ()
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m for m in (
+        Metric("exact_match", exact_match, produces=("acc_old", "retention_old", "acc_new", "acc_gen")),
+        Metric("counterfact", counterfact, produces=("efficacy_score", "paraphrase_score", "neighbourhood_score")),
+        Metric("locality", locality, before=locality_before, produces=("locality",)),
+    )
+}
+DEFAULT_METRICS = ("exact_match", "counterfact", "locality")
+ACCURACIES = tuple(name for m in METRICS.values() for name in m.produces)
+
+
+def prepare(model, tok, suite: EvalSuite, metrics: Sequence[str] = DEFAULT_METRICS) -> dict:
+    """State the metrics need from the start model, taken before the update."""
+    return {name: METRICS[name].before(model, tok, suite) for name in metrics if METRICS[name].before}
+
+
+def evaluate(model, tok, suite: EvalSuite, metrics: Sequence[str] = DEFAULT_METRICS,
+             state: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """(row, per-item outcomes). The row has every accuracy with ``_n``, ``_lo`` and ``_hi`` (its
+    count and 95 % Wilson interval), the magnitudes, the counts n_old / n_retained_base / n_new, and
+    the harmonic mean of retention, acquisition and generalisation."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; registered: {sorted(METRICS)}")
+    state = state or {}
+    outcomes = Outcomes()
+    for name in metrics:
+        result = METRICS[name].score(model, tok, suite, state.get(name))
+        outcomes.items.extend(result.items)
+        outcomes.values.update(result.values)
+    items = pd.DataFrame(outcomes.items, columns=["metric", "case_id", "item", "correct"])
+    row: dict = {}
+    for name in (n for m in metrics for n in METRICS[m].produces):
+        part = items.correct[items.metric == name]
+        k, n = int(part.sum()), len(part)
+        low, high = wilson(k, n)
+        row.update({name: k / n if n else float("nan"), f"{name}_n": n, f"{name}_lo": low, f"{name}_hi": high})
+    row.update(outcomes.values)
+    if "exact_match" in metrics:
+        row.update(n_old=row["acc_old_n"], n_retained_base=row["retention_old_n"], n_new=row["acc_new_n"])
+        row["harmonic_mean"] = harmonic_mean([row["retention_old"], row["acc_new"], row["acc_gen"]])
+    return row, items

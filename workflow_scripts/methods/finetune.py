@@ -1,0 +1,208 @@
+"""Fine-tuning as one method in three registered configurations: ``full``, ``lora`` and ``neurons``.
+
+All three run the one training routine (``training.train``) with the same optimiser, schedule,
+clipping, batching and seed; they differ only in the plugins they add:
+
+- ``full``: every parameter trains;
+- ``lora``: peft LoRA adapters on every tracked linear module train, merged back at the end;
+- ``neurons``: only ``k`` neurons of the tracked linear modules train (weight rows and bias entries),
+  chosen by a neuron strategy (``methods.neurons``: stubborn, plastic, lottery, ...) from usage;
+  embeddings, norms and the head stay frozen.
+
+The update's learning rate is ``training.lr * lr_ratio``. torch is imported only inside ``apply``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from workflow_scripts.methods import neurons
+from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, _fmt, register
+
+
+@dataclass(frozen=True)
+class FineTuneParams:
+    epochs: int = 10  # epochs of the update
+    lr_ratio: float = 1.0  # the update's learning rate as a multiple of training.lr
+
+    def __post_init__(self):
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not self.lr_ratio > 0:
+            raise ValueError(f"lr_ratio must be positive, got {self.lr_ratio!r}")
+
+
+@dataclass(frozen=True)
+class LoraParams(FineTuneParams):
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout <= 1:
+            raise ValueError(f"LoRA needs r >= 1, alpha >= 1 and 0 <= dropout <= 1: {self}")
+
+
+@dataclass(frozen=True)
+class NeuronParams(FineTuneParams):
+    strategy: str = "plastic"  # a neuron strategy (methods.neurons.STRATEGIES)
+    k: float = 0.05  # neurons to update: a count (>= 1) or a fraction (< 1) of all tracked neurons
+    usage_score: str = "abs_sum"  # which usage statistic strategies rank by: |sum g|, sum |g| or sum g^2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.strategy not in neurons.STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; known: {sorted(neurons.STRATEGIES)}")
+        if not self.k > 0:
+            raise ValueError(f"k must be positive, got {self.k!r}")
+        if self.usage_score not in neurons.USAGE_SCORES:
+            raise ValueError(f"usage_score must be one of {neurons.USAGE_SCORES}, got {self.usage_score!r}")
+
+
+SHORT = {"epochs": "e", "lr_ratio": "lr", "k": "k"}
+
+
+class FineTune(Method):
+    """The one fine-tune; subclasses choose which parameters may change."""
+
+    Params = FineTuneParams
+    lead: tuple[str, ...] = ()  # fields always shown first in the variant label
+
+    def variant(self, params) -> str:
+        defaults = self.Params()
+        parts = [_fmt(getattr(params, f)) if f == "strategy" else f"{SHORT.get(f, f)}{_fmt(getattr(params, f))}"
+                 for f in self.lead]
+        for f in dataclasses.fields(params):
+            value = getattr(params, f.name)
+            if f.name not in self.lead and value != getattr(defaults, f.name):
+                parts.append(value if f.name == "usage_score" else f"{SHORT.get(f.name, f.name)}{_fmt(value)}")
+        return "_".join(parts) or "default"
+
+    def arm(self, params) -> str:
+        """The label figures use for this setting (a method name, or a neuron strategy)."""
+        return self.name
+
+    def plugins(self, model, request: UpdateRequest, params) -> tuple[list, dict[str, Any]]:
+        return [], {}
+
+    def apply(self, model, tokenizer, request: UpdateRequest, params) -> UpdateResult:
+        import torch
+
+        from workflow_scripts.training.plugins import EpochCallback
+        from workflow_scripts.training.train import TrainConfig, train
+
+        training = dict(request.training)
+        cfg = TrainConfig(**{**training, "lr": training["lr"] * params.lr_ratio, "epochs": int(params.epochs),
+                             "seed": request.seed})
+        plugins, columns = self.plugins(model, request, params)
+        if request.checkpoint is not None:
+            plugins.append(EpochCallback(request.checkpoint))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        start = time.perf_counter()
+        history = train(model, tokenizer, request.prompts, request.targets, cfg, plugins)
+        seconds = time.perf_counter() - start
+        delta = {}
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in before and not torch.equal(p, before[n]):
+                    delta[n] = p.detach() - before[n]
+        stats = {"seconds": seconds, "epochs_run": len(history), "final_loss": history[-1]["loss"],
+                 "lr": cfg.lr, "changed_entries": int(sum(int((d != 0).sum()) for d in delta.values())),
+                 "delta_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))) if delta else 0.0}
+        return UpdateResult(model, delta, stats, {"arm": self.arm(params), "epochs": int(params.epochs),
+                                                  "lr_ratio": float(params.lr_ratio), **columns})
+
+
+class Full(FineTune):
+    name = "full"
+    title = "full fine-tuning"
+
+    def plugins(self, model, request, params):
+        from workflow_scripts.models.architectures import linear_modules
+
+        total = sum(m.out_features for m in linear_modules(model))
+        return [], {"k": total, "k_fraction": 1.0}
+
+
+class Lora(FineTune):
+    name = "lora"
+    title = "LoRA adapters on every tracked linear module, merged back"
+    reference = "https://arxiv.org/abs/2106.09685"
+    Params = LoraParams
+
+    def plugins(self, model, request, params):
+        from workflow_scripts.models.architectures import linear_modules
+        from workflow_scripts.training.plugins import LoraAdapters
+
+        total = sum(m.out_features for m in linear_modules(model))
+        return [LoraAdapters(params.r, params.alpha, params.dropout)], {"k": total, "k_fraction": 1.0}
+
+    def untouched(self, model, request, params):
+        from workflow_scripts.training.masks import tracked_parameter_names
+
+        changed = {n for n in tracked_parameter_names(model) if n.endswith(".weight")}
+        return {n: None for n, _ in model.named_parameters() if n not in changed}
+
+
+class Neurons(FineTune):
+    name = "neurons"
+    title = "fine-tuning of k chosen neurons (a neuron strategy)"
+    reference = "In Praise of Stubbornness (conflict-aware targeted updates)"
+    Params = NeuronParams
+    lead = ("strategy", "k")
+
+    def arm(self, params) -> str:
+        return params.strategy
+
+    def needs(self, params) -> frozenset[str]:
+        return frozenset(f"usage:{role}" for role in neurons.uses(params.strategy))
+
+    def mask(self, model, request: UpdateRequest, params):
+        """(neuron mask, parameter masks, k as a count, all tracked neurons)."""
+        from workflow_scripts.models.architectures import linear_modules
+        from workflow_scripts.training.masks import parameter_masks
+        from workflow_scripts.training.usage import load_usage
+
+        modules = linear_modules(model)
+        total = sum(m.out_features for m in modules)
+        k = neurons.resolve_k(params.k, total)
+        usage = {}
+        for role in ("old", "new", "history"):
+            value = request.inputs.get(f"usage:{role}")
+            usage[role] = load_usage(value, params.usage_score) if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__") else value
+        inputs = neurons.StrategyInputs({m.name: m.out_features for m in modules}, **usage)
+        chosen = neurons.neuron_mask(params.strategy, inputs, k, request.seed)
+        return chosen, parameter_masks(model, chosen), k, total
+
+    def plugins(self, model, request, params):
+        from workflow_scripts.training.masks import tracked_parameter_names
+        from workflow_scripts.training.plugins import OnlyParameters, UpdateMask
+
+        _, masks, k, total = self.mask(model, request, params)
+        return ([OnlyParameters(tracked_parameter_names(model)), UpdateMask(masks)],
+                {"strategy": params.strategy, "k": k, "k_fraction": k / total,
+                 "oracle": params.strategy in neurons.ORACLES})
+
+    def untouched(self, model, request, params):
+        import torch
+
+        from workflow_scripts.training.masks import tracked_parameter_names
+
+        _, masks, _, _ = self.mask(model, request, params)
+        tracked = tracked_parameter_names(model)
+        out = {}
+        for n, p in model.named_parameters():
+            if n not in tracked:
+                out[n] = None
+            elif n in masks:
+                out[n] = ~torch.broadcast_to(masks[n], p.shape)
+        return out
+
+
+FULL = register(Full())
+LORA = register(Lora())
+NEURONS = register(Neurons())

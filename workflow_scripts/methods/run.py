@@ -1,0 +1,85 @@
+"""The harness: one run = one scenario, one method with typed params, one fold.
+
+Loads the scenario's start checkpoint, builds its evaluation suite (what to keep, what was known just
+before, what to learn and with which target), takes the metrics' reference state from the start model,
+applies the method, scores the result with the one evaluator, and writes the run's row, its per-epoch
+curve and its per-item outcomes (for paired tests). It never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+
+from workflow_scripts.evaluation.evaluator import EvalSuite, evaluate, neighbourhood_table, prepare
+from workflow_scripts.facts.schema import flat_facts, read_facts
+from workflow_scripts.io import write_parquet
+from workflow_scripts.methods.base import UpdateRequest, method
+from workflow_scripts.scenarios.design import scenario
+from workflow_scripts.scenarios.slices import known_case_ids
+
+log = logging.getLogger(__name__)
+
+CURVE_METRICS = ("exact_match",)
+
+
+def build_suite(scenario_name: str, records: list[dict], slices: pd.DataFrame, known: pd.DataFrame) -> EvalSuite:
+    s = scenario(scenario_name)
+    flat = flat_facts(records)
+    keep = flat[flat.case_id.isin(slices.case_id[slices.slice == s.keep])].reset_index(drop=True)
+    learn = flat[flat.case_id.isin(slices.case_id[slices.slice == s.learn])].reset_index(drop=True)
+    if keep.empty or learn.empty:
+        raise ValueError(f"scenario {s.name}: slice {s.keep if keep.empty else s.learn!r} is empty")
+    known_before = frozenset(known_case_ids(known) & set(keep.case_id))
+    return EvalSuite(keep, known_before, learn, s.target, neighbourhood_table(records, learn.case_id))
+
+
+def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, out_curve: str,
+               out_items: str) -> dict:
+    """``job``: the run table's record (scenario, method, variant, fold, seed, params, curves);
+    ``inputs``: model, facts, slices, known, and ``usage_<role>`` files the method needs."""
+    from workflow_scripts.models.loading import load_model
+
+    s, m = scenario(job["scenario"]), method(job["method"])
+    params = m.make_params(job["params"])
+    records = read_facts(inputs["facts"])
+    suite = build_suite(s.name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
+    model, tok = load_model(str(inputs["model"]), dtype="float32")
+    state = prepare(model, tok, suite)
+    curve, eval_seconds = [], 0.0
+
+    def checkpoint(current, epoch, record):
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        row, _ = evaluate(current, tok, suite, CURVE_METRICS)
+        curve.append({"epoch": epoch, "loss": record["loss"], **row})
+        eval_seconds += time.perf_counter() - start
+
+    request = UpdateRequest(
+        facts=suite.learn, target=s.target, training=training, seed=int(job["seed"]),
+        inputs={f"usage:{k[len('usage_'):]}": str(v) for k, v in inputs.items() if k.startswith("usage_")},
+        checkpoint=checkpoint if job["curves"] else None,
+    )
+    result = m.apply(model, tok, request, params)
+    row, items = evaluate(result.model, tok, suite, state=state)
+    stats = dict(result.stats)
+    train_seconds = stats.pop("seconds") - eval_seconds
+    if not curve:
+        curve.append({"epoch": stats["epochs_run"], "loss": stats["final_loss"],
+                      **{k: v for k, v in row.items() if k in curve_columns(row)}})
+    key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
+           "fold": int(job["fold"]), "seed": int(job["seed"])}
+    columns = {"strategy": None, "oracle": False, **result.columns}
+    full_row = {**key, **columns, **row, **stats, "train_seconds": train_seconds}
+    write_parquet(pd.DataFrame([full_row]), out_row)
+    write_parquet(pd.DataFrame(curve).assign(**key, arm=columns["arm"], k=columns.get("k")), out_curve)
+    write_parquet(items.assign(**key), out_items)
+    log.info("%s / %s / %s fold %s: %s", s.name, m.name, job["variant"], job["fold"],
+             {k: row[k] for k in ("retention_old", "acc_new", "acc_gen", "locality") if k in row})
+    return full_row
+
+
+def curve_columns(row: dict) -> list[str]:
+    return [k for k in row if k.split("_")[0] in ("acc", "retention", "harmonic", "n")]

@@ -1,0 +1,130 @@
+"""The leaderboard: every run row in one table, per scenario and setting, with intervals and paired tests.
+
+For each scenario, each method and variant: retention of the old facts known just before the update,
+acquisition of the new ones, paraphrase generalisation and locality (plus the CounterFact-style
+scores), each pooled over folds with its count and 95 % Wilson interval. Each setting is compared with
+the scenario's reference setting (``updates.reference``, full fine-tuning by default) on the same
+items by an exact McNemar test; a difference is marked significant only at p < 0.05.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts.evaluation.stats import mcnemar_exact, wilson
+from workflow_scripts.io import atomic_path, write_parquet, write_text
+from workflow_scripts.reports.plotting import pyplot, save_figure
+from workflow_scripts.scenarios.design import SCENARIOS
+
+COLUMNS = {  # leaderboard column -> metric in the run rows / items
+    "retention": "retention_old",
+    "acquisition": "acc_new",
+    "generalisation": "acc_gen",
+    "locality": "locality",
+    "efficacy": "efficacy_score",
+    "paraphrase": "paraphrase_score",
+    "neighbourhood": "neighbourhood_score",
+}
+TESTED = ("retention", "acquisition")  # paired against the reference
+KEY = ["scenario", "method", "variant"]
+ALPHA = 0.05
+
+
+def _outcomes(items: pd.DataFrame, key: tuple, metric: str) -> pd.Series:
+    part = items[(items.scenario == key[0]) & (items.method == key[1]) & (items.variant == key[2])
+                 & (items.metric == metric)]
+    return part.set_index(["fold", "case_id", "item"]).correct.astype(bool)
+
+
+def leaderboard(rows: pd.DataFrame, items: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    out = []
+    for key, part in rows.groupby(KEY, sort=False):
+        scenario = key[0]
+        entry = {"scenario": scenario, "paper": SCENARIOS[scenario].paper, "method": key[1], "variant": key[2],
+                 "arm": part.arm.iloc[0], "folds": part.fold.nunique()}
+        for column, metric in COLUMNS.items():
+            outcomes = _outcomes(items, key, metric)
+            k, n = int(outcomes.sum()), len(outcomes)
+            low, high = wilson(k, n)
+            entry.update({column: k / n if n else np.nan, f"{column}_n": n, f"{column}_lo": low, f"{column}_hi": high})
+        ref_key = (scenario, reference["method"], reference["variant"])
+        is_ref = key == ref_key
+        for column in TESTED:
+            metric = COLUMNS[column]
+            mine, ref = _outcomes(items, key, metric), _outcomes(items, ref_key, metric)
+            both = mine.index.intersection(ref.index)
+            if is_ref or not len(both):
+                entry.update({f"{column}_vs_ref_p": np.nan, f"{column}_vs_ref": ""})
+                continue
+            test = mcnemar_exact(mine[both].tolist(), ref[both].tolist())
+            diff = (test["only_a"] - test["only_b"]) / len(both)
+            entry[f"{column}_vs_ref_p"] = test["p_value"]
+            entry[f"{column}_vs_ref"] = ("higher" if diff > 0 else "lower") if test["p_value"] < ALPHA else "n.s."
+        entry["reference"] = is_ref
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def _cell(value, n, low, high) -> str:
+    if not n:
+        return "–"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}] ({n})"
+
+
+def markdown(board: pd.DataFrame, reference: dict) -> str:
+    lines = ["# Leaderboard", "",
+             "Every run, per scenario: share [95 % Wilson interval] (items), pooled over folds. "
+             "retention = old facts known just before the update and still known; acquisition = the update's "
+             "facts learned; generalisation = their paraphrases; locality = neighbourhood prompts whose "
+             "next-token prediction is unchanged. vs ref: exact McNemar test against "
+             f"{reference['method']}/{reference['variant']} on the same items (higher/lower only at p < {ALPHA}; "
+             "n.s. = not resolved at this size).", ""]
+    for scenario, part in board.groupby("scenario", sort=False):
+        s = SCENARIOS[scenario]
+        lines += [f"## {scenario} ({s.paper}): {s.title}", ""]
+        show = pd.DataFrame({
+            "method": part.method, "variant": part.variant,
+            **{c: [_cell(*v) for v in zip(part[c], part[f"{c}_n"], part[f"{c}_lo"], part[f"{c}_hi"])]
+               for c in ("retention", "acquisition", "generalisation", "locality")},
+            **{f"{c} vs ref (p)": [f"{r} ({p:.3g})" if r else "reference" if ref else "–"
+                                   for r, p, ref in zip(part[f"{c}_vs_ref"], part[f"{c}_vs_ref_p"], part.reference)]
+               for c in TESTED},
+        })
+        lines += [show.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(board: pd.DataFrame, dest: str) -> None:
+    """Retention against acquisition with Wilson intervals, one panel per scenario."""
+    plt = pyplot()
+    scenarios = list(dict.fromkeys(board.scenario))
+    fig, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(4.4 * max(1, len(scenarios)), 4.2), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        part = board[board.scenario == scenario]
+        for _, r in part.iterrows():
+            xerr = [[r.acquisition - r.acquisition_lo], [r.acquisition_hi - r.acquisition]]
+            yerr = [[r.retention - r.retention_lo], [r.retention_hi - r.retention]]
+            ax.errorbar([r.acquisition], [r.retention], xerr=xerr, yerr=yerr, fmt="o", capsize=2, alpha=0.8,
+                        label=f"{r.method}/{r.variant}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("acquisition (update facts learned)")
+        ax.set_ylabel("retention (old facts kept)")
+        ax.set_title(f"{scenario} ({SCENARIOS[scenario].paper})", fontsize=9)
+        ax.legend(fontsize=5)
+    fig.suptitle("Retention x acquisition per scenario (95 % Wilson intervals; upper right is best)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, dest)
+
+
+def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: dict, out: dict) -> pd.DataFrame:
+    rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True)
+    items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True)
+    board = leaderboard(rows, items, reference)
+    write_parquet(board, out["table"])
+    with atomic_path(out["csv"]) as tmp:
+        board.to_csv(tmp, index=False)
+    write_text(markdown(board, reference), out["summary"])
+    plot_pareto(board, out["pareto"])
+    return board

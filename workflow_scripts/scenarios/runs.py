@@ -1,0 +1,123 @@
+"""The run table: config -> scenario x method x variant params x fold, each a typed record.
+
+Rules use the wildcards (scenario, method, variant, fold) only as keys into this table and take the
+typed params from it; nothing is parsed back from a path. ``updates.scenarios`` gives, per scenario,
+the methods to run and a grid of their parameters (lists expand as a product; a list of grids
+concatenates); ``methods.<name>`` holds each method's defaults for every scenario, e.g.::
+
+    methods: {lora: {r: 8}}
+    updates:
+      scenarios:
+        nondissonant_update:
+          methods:
+            full: {}
+            neurons: [{strategy: [stubborn, plastic], k: [0.05, 0.2]}, {strategy: plastic, k: 0.05, lr_ratio: 3}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from workflow_scripts.methods.base import method
+from workflow_scripts.scenarios.design import scenario
+
+
+@dataclass(frozen=True)
+class Run:
+    scenario: str
+    method: str
+    variant: str
+    fold: int
+    seed: int
+    params: dict  # the method's typed params, as a plain dict (canonical: field order)
+    curves: bool  # evaluate after every epoch
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.scenario, self.method, self.variant, self.fold)
+
+    @property
+    def path(self) -> str:
+        return f"runs/{self.scenario}/{self.method}/{self.variant}/fold{self.fold}"
+
+    def job_params(self) -> dict:
+        """What the ``update`` rule passes to its job (everything the run depends on but the shared
+        training settings and the input files)."""
+        return {"scenario": self.scenario, "method": self.method, "variant": self.variant, "fold": self.fold,
+                "seed": self.seed, "params": dict(self.params), "curves": self.curves}
+
+
+def grid_points(grid) -> list[dict]:
+    """A grid (mapping; list values expand as a product) or a list of grids -> parameter dicts."""
+    if grid is None:
+        return [{}]
+    if isinstance(grid, list):
+        return [point for g in grid for point in grid_points(g)]
+    keys = list(grid)
+    values = [v if isinstance(v, list) else [v] for v in grid.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def build_runs(config: dict) -> dict[tuple, Run]:
+    """Every configured run, keyed by (scenario, method, variant, fold), in config order."""
+    updates = config["updates"]
+    defaults = config.get("methods", {})
+    runs: dict[tuple, Run] = {}
+    for name, block in updates.get("scenarios", {}).items():
+        scenario(name)  # a clear error for an unknown scenario
+        for method_name, grid in (block.get("methods") or {}).items():
+            m = method(method_name)
+            for point in grid_points(grid):
+                where = f"updates.scenarios.{name}.methods.{method_name}"
+                values = {**defaults.get(method_name, {})}
+                if block.get("epochs") is not None and "epochs" in {f.name for f in dataclasses.fields(m.Params)}:
+                    values["epochs"] = block["epochs"]
+                params = m.make_params({**values, **point}, where)
+                variant = m.variant(params)
+                for fold in updates["folds"]:
+                    run = Run(name, method_name, variant, int(fold), int(config["training"]["seed"]) + int(fold),
+                              dataclasses.asdict(params), bool(block.get("curves", False)))
+                    previous = runs.get(run.key)
+                    if previous is not None and previous.params != run.params:
+                        raise ValueError(f"{where}: two settings share the label {variant!r}: "
+                                         f"{previous.params} and {run.params}")
+                    runs[run.key] = run
+    return runs
+
+
+def run_inputs(run: Run) -> dict[str, str]:
+    """Input roles of a run (paths relative to the results folder): start checkpoint, facts, fold
+    slices, the known-before table, and what the method needs (usage by role, via the scenario)."""
+    s = scenario(run.scenario)
+    fold = f"stages/fold{run.fold}"
+    models = {"base": "model", "A": f"{fold}/model_A", "AB": f"{fold}/model_AB"}
+    known = {"base": "probe/facts.parquet", "A": f"{fold}/known_A.parquet", "AB": f"{fold}/known_AB.parquet"}
+    usage = {"A": f"{fold}/usage_A.safetensors", "B": f"{fold}/usage_B.safetensors", "H": "usage/history_H.safetensors"}
+    inputs = {"model": models[s.start], "facts": "facts/facts.parquet", "slices": f"{fold}/slices.parquet",
+              "known": known[s.known]}
+    m = method(run.method)
+    for need in sorted(m.needs(m.Params(**run.params))):
+        kind, _, role = need.partition(":")
+        if kind != "usage" or role not in s.usage:
+            raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "
+                             f"(it provides usage for {sorted(s.usage)})")
+        inputs[f"usage_{role}"] = usage[s.usage[role]]
+    return inputs
+
+
+def table_rows(runs: dict[tuple, Run]) -> list[dict[str, Any]]:
+    """The run table for people to read (results/runs.tsv)."""
+    rows = []
+    for run in runs.values():
+        rows.append({"scenario": run.scenario, "paper": scenario(run.scenario).paper, "method": run.method,
+                     "variant": run.variant, "fold": run.fold, "seed": run.seed, "curves": run.curves,
+                     "params": json.dumps(run.params, sort_keys=True), "output": run.path})
+    return rows
+
+
+def scenarios_with_runs(runs: dict[tuple, Run]) -> list[str]:
+    return list(dict.fromkeys(r.scenario for r in runs.values()))

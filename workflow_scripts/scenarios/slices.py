@@ -1,0 +1,70 @@
+"""The one seeded slicer, and which facts a probe or stage table marks as known.
+
+Slices are disjoint sets of case ids drawn uniformly (a seeded shuffle of the sorted ids, then
+consecutive runs), written as a case_id -> slice table ('rest' = unused)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def draw(pool, sizes: dict[str, int], rng: random.Random, allow_short: bool = False) -> dict[int, str]:
+    """Shuffle the sorted ``pool`` with ``rng`` and give consecutive runs the names in ``sizes``
+    (in order). Refuses when the pool is too small, unless ``allow_short`` (the last slices shrink)."""
+    order = sorted(pool)
+    need = sum(sizes.values())
+    if need > len(order) and not allow_short:
+        raise ValueError(f"slices {dict(sizes)} need {need} facts but only {len(order)} are available")
+    rng.shuffle(order)
+    names, start = {}, 0
+    for name, size in sizes.items():
+        for cid in order[start : start + size]:
+            names[cid] = name
+        start += size
+    return names
+
+
+def slice_table(case_ids, names: dict[int, str]) -> pd.DataFrame:
+    import pandas as pd
+
+    ids = sorted(case_ids)
+    return pd.DataFrame({"case_id": ids, "slice": [names.get(c, "rest") for c in ids]})
+
+
+def slice_facts(case_ids: list[int], sizes: dict[str, int], seed: int) -> pd.DataFrame:
+    """Disjoint, uniformly drawn slices of all the facts (the history set H and the awareness set F)."""
+    return slice_table(case_ids, draw(case_ids, sizes, random.Random(f"slices|{seed}")))
+
+
+def known_case_ids(table: pd.DataFrame) -> set[int]:
+    """Facts marked correct in a probe table (its target_true rows) or a stage's known table."""
+    if "target_kind" in table.columns:
+        table = table[table.target_kind == "true"]
+    return set(table.case_id[table.correct.astype(bool)])
+
+
+def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int], sizes: dict, seed: int) -> pd.DataFrame:
+    """One fold's slices: A, B and C (|C| = |B|) from the facts the pre-trained model does not know
+    and that are not ``excluded`` (the history set H); K = up to ``sizes['known_old']`` facts it does
+    know (outside H). Seeded by the fold."""
+    a, b, k_size = int(sizes["A"]), int(sizes["B"]), int(sizes["known_old"])
+    rng = random.Random(f"update-slices|{seed}")
+    unknown = set(case_ids) - excluded - known_by_base
+    if a + 2 * b > len(unknown):
+        raise ValueError(
+            f"slices A={a}, B={b}, C={b} need {a + 2 * b} facts the pre-trained model does not know, outside H; "
+            f"only {len(unknown)} are available (lower updates.sizes or use more facts)"
+        )
+    names = draw(unknown, {"A": a, "B": b, "C": b}, rng)
+    known = (known_by_base & set(case_ids)) - excluded
+    if len(known) < k_size:
+        log.warning("only %d facts known by the pre-trained model are available for K (asked for %d)", len(known), k_size)
+    names.update(draw(known, {"K": k_size}, rng, allow_short=True))
+    return slice_table(case_ids, names)

@@ -1,0 +1,180 @@
+"""The levers of the one training routine, as plugins with a small fixed set of hooks.
+
+A method is the one fine-tune plus a list of plugins; plugins compose (a LoRA run can record usage,
+a neuron-masked run can stop early). The hooks, in the order :func:`training.train.train` calls them:
+
+- ``prepare(model)``: before the optimiser is built (inject adapters, build masks, attach trackers);
+- ``trainable(name, param)``: whether a parameter is optimised (a parameter trains only if every
+  plugin agrees);
+- ``mix(pairs, rng)``: the encoded training facts, to add or reorder data (REMIX, replay);
+- ``token_weights(batch)``: before every forward pass, with the batch; per-answer-token loss weights
+  or None (TAALM-style weights; the usage recorder only looks at the batch);
+- ``after_step(model, step)``: after every optimiser step (restore frozen entries);
+- ``on_epoch(model, epoch, record)``: after every epoch, model in eval mode; True stops training;
+- ``finish(model)``: at the end, in reverse order; may return a replacement model (merged LoRA).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workflow_scripts.models.encoding import EncodedPair
+    from workflow_scripts.training.train import TrainBatch
+
+
+class TrainingPlugin:
+    """Every hook does nothing; a plugin overrides the ones it needs."""
+
+    def prepare(self, model) -> None:
+        pass
+
+    def trainable(self, name: str, param: torch.nn.Parameter) -> bool:
+        return True
+
+    def mix(self, pairs: list[EncodedPair], rng: random.Random) -> list[EncodedPair]:
+        return pairs
+
+    def token_weights(self, batch: TrainBatch) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, model, step: int) -> None:
+        pass
+
+    def on_epoch(self, model, epoch: int, record: dict) -> bool:
+        return False
+
+    def finish(self, model):
+        return None
+
+
+class OnlyParameters(TrainingPlugin):
+    """Optimise only the parameters whose names are in ``names`` (the rest stay exactly as they are)."""
+
+    def __init__(self, names: set[str] | Callable[[str], bool]):
+        self.keep = names if callable(names) else names.__contains__
+
+    def trainable(self, name, param):
+        return bool(self.keep(name))
+
+
+class UpdateMask(TrainingPlugin):
+    """Only the True entries of each masked parameter may change.
+
+    The gradient of masked-out entries is zeroed as it is computed (so they count neither in the
+    clipping norm nor in the optimiser state), and after every step they are restored to their
+    values at the start, so weight decay or optimiser momentum can never move them."""
+
+    def __init__(self, masks: dict[str, torch.Tensor]):
+        self.masks = masks
+        self._handles: list = []
+        self._frozen: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+
+    def prepare(self, model):
+        params = dict(model.named_parameters())
+        unknown = sorted(set(self.masks) - set(params))
+        if unknown:
+            raise ValueError(f"update mask names parameters the model lacks, e.g. {unknown[:3]}")
+        for name, mask in self.masks.items():
+            p = params[name]
+            m = mask.to(device=p.device, dtype=torch.bool)
+            self._frozen.append((p, m, p.detach().clone()))
+            self._handles.append(p.register_hook(lambda g, m=m: g * m))
+
+    def after_step(self, model, step):
+        with torch.no_grad():
+            for p, m, start in self._frozen:
+                p.copy_(torch.where(m, p, start))
+
+    def finish(self, model):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._frozen.clear()
+
+
+class RecordUsage(TrainingPlugin):
+    """Feeds a :class:`~workflow_scripts.training.usage.UsageTracker` the answer positions of every
+    batch, attaching it for the run."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def prepare(self, model):
+        self.tracker.__enter__()
+
+    def token_weights(self, batch):
+        answer = batch.answer
+        self.tracker.positions = torch.cat(
+            [answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=answer.device)], 1)
+        return None
+
+    def finish(self, model):
+        self.tracker.positions = None
+        self.tracker.__exit__(None, None, None)
+
+
+class EpochCallback(TrainingPlugin):
+    """Calls ``fn(model, epoch, record)`` after every epoch (per-epoch curves); never stops training."""
+
+    def __init__(self, fn: Callable[[object, int, dict], None]):
+        self.fn = fn
+
+    def on_epoch(self, model, epoch, record):
+        self.fn(model, epoch, record)
+        return False
+
+
+class StopAtAccuracy(TrainingPlugin):
+    """Stops after the epoch where the training facts' exact-match accuracy reaches ``threshold``
+    (recorded as ``train_accuracy`` in the epoch's record)."""
+
+    def __init__(self, tokenizer, prompts: Sequence[str], targets: Sequence[str], threshold: float = 1.0):
+        self.tokenizer, self.prompts, self.targets, self.threshold = tokenizer, list(prompts), list(targets), threshold
+
+    def on_epoch(self, model, epoch, record):
+        from workflow_scripts.evaluation.exact_match import accuracy
+
+        record["train_accuracy"] = accuracy(model, self.tokenizer, self.prompts, self.targets, batch_size=64)
+        return record["train_accuracy"] >= self.threshold
+
+
+class LoraAdapters(TrainingPlugin):
+    """peft LoRA adapters on every tracked linear module (from the architecture map); only the
+    adapters train, and they are merged back into plain layers at the end."""
+
+    def __init__(self, r: int, alpha: int, dropout: float):
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+
+    def prepare(self, model):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        from workflow_scripts.models.architectures import layout_for
+
+        layout = layout_for(model)
+        targets = sorted({path.split(".")[-1] for path, _ in layout.linear})
+        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                            bias="none", fan_in_fan_out=layout.family == "gpt2")  # GPT-2's Conv1D is (in, out)
+        inject_adapter_in_model(config, model)
+
+    def trainable(self, name, param):
+        return "lora_" in name
+
+    def finish(self, model):
+        return merge_lora(model)
+
+
+def merge_lora(model):
+    """Fold every LoRA adapter into its base layer and put the plain layer back (in place)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    return model

@@ -1,1 +1,0 @@
-"""Targeted continual updates: arms (full fine-tuning, LoRA, neuron strategies) and their metrics."""

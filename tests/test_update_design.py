@@ -57,6 +57,7 @@ def test_the_shipped_config_only_restates_the_schema_defaults():
 
 def test_grids_expand_as_products_and_lists_concatenate():
     assert grid_points({}) == [{}]
+    assert grid_points(None) == []  # a method set to null is not run
     assert grid_points({"strategy": ["a", "b"], "k": [1, 2]}) == [
         {"strategy": "a", "k": 1}, {"strategy": "a", "k": 2}, {"strategy": "b", "k": 1}, {"strategy": "b", "k": 2}]
     assert grid_points([{}, {"lr_ratio": 3}]) == [{}, {"lr_ratio": 3}]
@@ -125,6 +126,9 @@ def test_variant_labels_are_unique_and_readable():
     assert m.variant(m.make_params({"strategy": "plastic", "k": 2000, "epochs": 20})) == "plastic_k2000_e20"
     assert method("full").variant(method("full").make_params({})) == "default"
     assert method("lora").variant(method("lora").make_params({"r": 4})) == "r4"
+    scenario_defaults = method("full").make_params({"epochs": 20})
+    assert method("full").variant(method("full").make_params({"epochs": 20}), scenario_defaults) == "default"
+    assert method("full").variant(method("full").make_params({"epochs": 10}), scenario_defaults) == "e10"
 
 
 def test_fold_slices_are_disjoint_new_and_seeded():

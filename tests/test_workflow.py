@@ -19,9 +19,9 @@ from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
-         "awareness_classify", "awareness_report", "updates_slices", "updates_stage_a", "updates_stage_b",
-         "updates_arm", "updates_report", "updates_overview"]
-UPDATES = {"updates_slices", "updates_stage_a", "updates_stage_b", "updates_arm", "updates_report", "updates_overview"}
+         "awareness_classify", "awareness_report", "fold_slices", "checkpoint_a", "checkpoint_b",
+         "update", "scenario_report", "updates_overview", "leaderboard", "run_table"]
+UPDATES = {"fold_slices", "checkpoint_a", "checkpoint_b", "update", "scenario_report", "updates_overview", "leaderboard"}
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
 
@@ -41,15 +41,23 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
-        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25,
-                    "exp_2_1": {"strategies": ["full", "lora", "plastic", "stubborn", "specific"], "k": [20], "epochs": 25},
-                    "exp_2_2": {"strategies": ["lottery", "non_lottery", "random"], "k": [20, 60], "epochs": 10},
-                    "exp_3": {"strategies": ["full", "plastic"], "k": [20], "epochs": 25},
-                    "sweeps": {"lr_ratios": [0.5], "epochs": [5], "strategies": ["full"], "k": [20]}},
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25, "scenarios": {
+            "nondissonant_update": {"epochs": 25, "methods": {
+                "full": [{}, {"lr_ratio": 0.5}], "lora": {},
+                "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
+            "lottery": {"epochs": 10, "methods": {"neurons": {"strategy": ["lottery", "non_lottery", "random"], "k": [20, 60]}}},
+            "dissonant_update": {"epochs": 25, "curves": True, "methods": {
+                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+            "matched_control": {"epochs": 25, "curves": True, "methods": {
+                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+        }},
     }
     for key, value in changes.items():
-        section, name = key.split("__")
-        cfg.setdefault(section, {})[name] = value
+        *path, name = key.split("__")
+        section = cfg
+        for part in path:
+            section = section.setdefault(part, {})
+        section[name] = value
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -89,41 +97,53 @@ def test_every_output_is_produced(finished_run):
     for setting in ("pretrained", "finetuned"):
         assert (res / "awareness" / setting / "classifier.skops").is_file()
     assert (res / "usage" / "history_H.safetensors").is_file()
-    slices = pd.read_parquet(res / "updates" / "fold0" / "slices.parquet")
+    slices = pd.read_parquet(res / "stages" / "fold0" / "slices.parquet")
     assert slices.slice.value_counts()[["A", "B", "C", "K"]].tolist() == [6, 4, 4, 6]
     base_known = pd.read_parquet(res / "probe" / "facts.parquet").query("target_kind == 'true' and correct")
     assert set(slices.case_id[slices.slice.isin(["A", "B", "C"])]).isdisjoint(base_known.case_id)
     assert set(slices.case_id[slices.slice == "K"]) <= set(base_known.case_id)
-    after_b = pd.read_parquet(res / "updates" / "fold0" / "known_AB.parquet")
-    # stage B learns B (at least 3 of the 4: the tiny model can stall on two facts that differ only
+    after_b = pd.read_parquet(res / "stages" / "fold0" / "known_AB.parquet")
+    # checkpoint AB learns B (at least 3 of the 4: the tiny model can stall on two facts that differ only
     # in their subject, "The capital of Canada/Denmark is", depending on which facts the slices draw)
     learned_b = after_b[after_b.slice == "B"]
     assert sorted(after_b.slice.unique()) == ["A", "B"] and learned_b.correct.mean() >= 0.75
     assert (learned_b.first_token_rank <= 2).all()  # a fact not yet known is at least runner-up
 
-    updates = pd.read_parquet(res / "updates" / "exp2_1" / "metrics.parquet")
-    main = updates[updates.setting == "lr1_e25"]
-    assert sorted(main.strategy) == ["full", "lora", "plastic", "specific", "stubborn"]
-    assert (main[main.strategy.isin(["plastic", "stubborn", "specific"])].k == 20).all()
+    runs = pd.read_csv(res / "runs.tsv", sep="\t")
+    assert len(runs) == 6 + 6 + 3 + 3 and set(runs.scenario) == {"nondissonant_update", "lottery", "dissonant_update",
+                                                                  "matched_control"}
+    updates = pd.read_parquet(res / "updates" / "nondissonant_update" / "metrics.parquet")
+    main = updates[updates.lr_ratio == 1.0]
+    assert sorted(main.arm) == ["full", "lora", "plastic", "specific", "stubborn"]
+    assert (main[main.method == "neurons"].k == 20).all()
     assert updates.acc_new.between(0, 1).all() and updates.retention_old.between(0, 1).all()
-    assert (main[main.strategy == "full"].acc_new >= 0.75).all()  # 4 facts, 25 epochs (see stage B above)
-    swept = updates[updates.setting == "lr0.5_e25"]
-    assert swept.strategy.tolist() == ["full"] and swept.lr.iloc[0] == pytest.approx(0.0015)
-    lottery = pd.read_parquet(res / "updates" / "exp2_2" / "metrics.parquet")
+    assert (updates.acc_new_lo <= updates.acc_new).all() and (updates.acc_new <= updates.acc_new_hi).all()
+    assert (main[main.arm == "full"].acc_new >= 0.75).all()  # 4 facts, 25 epochs (see checkpoint AB above)
+    swept = updates[updates.variant == "lr0.5"]
+    assert swept.method.tolist() == ["full"] and swept.lr.iloc[0] == pytest.approx(0.0015)
+    lottery = pd.read_parquet(res / "updates" / "lottery" / "metrics.parquet")
     assert sorted(lottery.strategy.unique()) == ["lottery", "non_lottery", "random"] and sorted(lottery.k.unique()) == [20, 60]
     assert (lottery.n_old == 6).all() and (lottery.n_retained_base == 6).all()  # K: known by the base model
-    dissonant = pd.read_parquet(res / "updates" / "exp3_1" / "metrics.parquet")
-    matched = pd.read_parquet(res / "updates" / "exp3_3" / "metrics.parquet")
-    assert set(dissonant.setting) == set(matched.setting) == {"lr1_e25", "lr1_e5"}
+    dissonant = pd.read_parquet(res / "updates" / "dissonant_update" / "metrics.parquet")
+    matched = pd.read_parquet(res / "updates" / "matched_control" / "metrics.parquet")
+    assert set(dissonant.variant) == set(matched.variant) == {"default", "e5", "plastic_k20"}
     assert (dissonant.stage == "AB->B'").all() and (matched.stage == "AB->C").all()
-    curves = pd.read_parquet(res / "updates" / "exp3_1" / "curves.parquet")
-    assert set(curves[curves.setting == "lr1_e25"].epoch) == set(range(1, 26))
-    assert len(pd.read_parquet(res / "updates" / "exp2_1" / "curves.parquet")) == len(updates)  # final epoch only
-    for figure in ("updates_2_1_vs_k", "updates_2_2_vs_k", "updates_3_1_pareto", "updates_dissonant_vs_matched",
-                   "updates_stubborn_location", "updates_usage_distribution", "updates_sweeps"):
+    assert (dissonant.paper == "3.1").all() and (matched.paper == "3.3").all()
+    curves = pd.read_parquet(res / "updates" / "dissonant_update" / "curves.parquet")
+    assert set(curves[curves.variant == "default"].epoch) == set(range(1, 26))
+    assert len(pd.read_parquet(res / "updates" / "nondissonant_update" / "curves.parquet")) == len(updates)  # final epoch only
+    for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
+                   "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",
+                   "updates_sweeps", "leaderboard_pareto"):
         assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     overview = (res / "report" / "updates.md").read_text()
     assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview
+    board = pd.read_parquet(res / "leaderboard" / "leaderboard.parquet")
+    assert len(board) == len(runs)
+    assert {"retention", "retention_lo", "retention_hi", "acquisition", "generalisation", "locality",
+            "retention_vs_ref_p"} <= set(board.columns)
+    assert board.reference.sum() == 3  # full/default in every scenario that runs full fine-tuning
+    assert "# Leaderboard" in (res / "report" / "leaderboard.md").read_text()
     summary = pd.read_csv(res / "report" / "familiarity.csv")
     assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
     assert (res / "figures" / "known_by_relation.png").read_bytes()[:4] == b"\x89PNG"
@@ -143,12 +163,29 @@ def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run
     proc = snakemake(workdir, "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-2000:]
 
-    # the probe's batch size: the probe jobs, and only what reads their outputs
-    write_config(workdir, pretrained_tiny_dir, probe__batch_size=4)
+    # batch sizes of batch-invariant computations are runtime resources: changing them reruns nothing
+    write_config(workdir, pretrained_tiny_dir, probe__batch_size=4, awareness__feature_batch_size=3)
     proc = snakemake(workdir, "-n")
-    # (the update slices draw on what the base model knows, so they and their consumers are planned too)
-    assert planned_rules(proc) == {"probe_familiarity", "report_probe"} | AWARENESS_DOWNSTREAM | UPDATES, proc.stdout[-3000:]
-    assert "probe_familiarity_facts.log" in proc.stdout and "probe_familiarity_novel.log" in proc.stdout
+    assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+
+    # the same values in another key order rerun nothing
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    (workdir / "config.yaml").write_text(yaml.safe_dump(dict(reversed(list(cfg.items()))), sort_keys=False))
+    proc = snakemake(workdir, "-n")
+    assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+
+    # LoRA's rank: the LoRA runs only (and the tables that gather run rows)
+    write_config(workdir, pretrained_tiny_dir, methods__lora__r=4)
+    proc = snakemake(workdir, "-n")
+    assert planned_rules(proc) == {"update", "scenario_report", "updates_overview", "leaderboard", "run_table"}, proc.stdout[-3000:]
+    planned_runs = {line.split("runs/")[1].split("/fold")[0] for line in proc.stdout.splitlines()
+                    if "row.parquet" in line and "output:" in line}
+    assert planned_runs == {"nondissonant_update/lora/default"}, proc.stdout[-3000:]
+
+    # a number on the command line, where the schema says number
+    write_config(workdir, pretrained_tiny_dir)
+    proc = snakemake(workdir, "-n", "--config", 'training={"lr": 3e-3, "batch_size": 8}')
+    assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
 
     # the novel-fact seed: novel facts and their consumers, not the model, the facts or any fine-tune
     write_config(workdir, pretrained_tiny_dir, novel__seed=99)

@@ -69,9 +69,10 @@ class Method:
         boolean mask of the entries left alone. Checked by the contract test."""
         return {}
 
-    def variant(self, params) -> str:
-        """A readable, unique label of a parameter setting (used in paths; never parsed back)."""
-        defaults = self.Params()
+    def variant(self, params, defaults=None) -> str:
+        """A readable, unique label of a parameter setting relative to ``defaults`` (the scenario's
+        defaults for the method; the dataclass defaults if None). Used in paths; never parsed back."""
+        defaults = defaults if defaults is not None else self.Params()
         parts = [f"{f.name}{_fmt(getattr(params, f.name))}" for f in dataclasses.fields(params)
                  if getattr(params, f.name) != getattr(defaults, f.name)]
         return "_".join(parts) or "default"

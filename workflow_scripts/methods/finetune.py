@@ -72,8 +72,8 @@ class FineTune(Method):
     Params = FineTuneParams
     lead: tuple[str, ...] = ()  # fields always shown first in the variant label
 
-    def variant(self, params) -> str:
-        defaults = self.Params()
+    def variant(self, params, defaults=None) -> str:
+        defaults = defaults if defaults is not None else self.Params()
         parts = [_fmt(getattr(params, f)) if f == "strategy" else f"{SHORT.get(f, f)}{_fmt(getattr(params, f))}"
                  for f in self.lead]
         for f in dataclasses.fields(params):

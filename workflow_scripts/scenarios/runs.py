@@ -12,6 +12,10 @@ concatenates); ``methods.<name>`` holds each method's defaults for every scenari
           methods:
             full: {}
             neurons: [{strategy: [stubborn, plastic], k: [0.05, 0.2]}, {strategy: plastic, k: 0.05, lr_ratio: 3}]
+            lora: null   # not run (a file given with --configfile merges into config.yaml; null removes)
+
+Variant labels name what differs from the scenario's defaults for the method ("default",
+"plastic_k0.05_lr3", "e5"); they are unique within a scenario and never parsed back.
 """
 
 from __future__ import annotations
@@ -52,9 +56,10 @@ class Run:
 
 
 def grid_points(grid) -> list[dict]:
-    """A grid (mapping; list values expand as a product) or a list of grids -> parameter dicts."""
+    """A grid (mapping; list values expand as a product) or a list of grids -> parameter dicts.
+    None (``null`` in YAML) means the method is not run."""
     if grid is None:
-        return [{}]
+        return []
     if isinstance(grid, list):
         return [point for g in grid for point in grid_points(g)]
     keys = list(grid)
@@ -71,13 +76,14 @@ def build_runs(config: dict) -> dict[tuple, Run]:
         scenario(name)  # a clear error for an unknown scenario
         for method_name, grid in (block.get("methods") or {}).items():
             m = method(method_name)
+            where = f"updates.scenarios.{name}.methods.{method_name}"
+            values = {**defaults.get(method_name, {})}
+            if block.get("epochs") is not None and "epochs" in {f.name for f in dataclasses.fields(m.Params)}:
+                values["epochs"] = block["epochs"]
+            base = m.make_params(values, where)  # the scenario's defaults: variant labels are relative to them
             for point in grid_points(grid):
-                where = f"updates.scenarios.{name}.methods.{method_name}"
-                values = {**defaults.get(method_name, {})}
-                if block.get("epochs") is not None and "epochs" in {f.name for f in dataclasses.fields(m.Params)}:
-                    values["epochs"] = block["epochs"]
                 params = m.make_params({**values, **point}, where)
-                variant = m.variant(params)
+                variant = m.variant(params, base)
                 for fold in updates["folds"]:
                     run = Run(name, method_name, variant, int(fold), int(config["training"]["seed"]) + int(fold),
                               dataclasses.asdict(params), bool(block.get("curves", False)))

@@ -59,6 +59,7 @@ rule fold_slices:
     params:
         sizes=config["updates"]["sizes"],
         seed=lambda wc: int(wc.fold),
+        match_relations=config["updates"]["match_relations"],
     log:
         res("logs/fold_slices_fold{fold}.log"),
     benchmark:

@@ -25,7 +25,8 @@ DIRECTIVE = re.compile(r"^(\s+)(\w+)\s*:(.*)$")
 GPU_ONE = re.compile(r"(?<![\w.])gpu\s*=\s*1(?!\d)")
 
 # Modules the Snakefile and rules/*.smk import while Snakemake builds the DAG.
-DAG_TIME_MODULES = ["workflow_scripts.config"]
+DAG_TIME_MODULES = ["workflow_scripts.config", "workflow_scripts.scenarios.runs", "workflow_scripts.scenarios.design",
+                    "workflow_scripts.methods.registry", "workflow_scripts.models.sources"]
 
 
 def rule_blocks(text: str) -> dict[str, str]:
@@ -121,3 +122,25 @@ def test_dag_time_modules_import_no_torch(module):
         chain = subprocess.run([sys.executable, "-c", _FIND_TORCH_IMPORTER, module], capture_output=True,
                                text=True, cwd=REPO, env=env, timeout=120)
         pytest.fail(f"importing {module} imports torch:\n{chain.stderr[-3000:]}")
+
+
+def test_models_and_evaluation_never_import_training_or_methods():
+    """The lower floors (model access, evaluation) stay below the training routine and the methods."""
+    import re
+
+    for folder in ("models", "evaluation", "scenarios"):
+        for path in (REPO / "workflow_scripts" / folder).glob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            bad = re.findall(r"from workflow_scripts\.(training|methods\.finetune|methods\.run|reports)\b", text)
+            if folder == "scenarios":
+                bad = [b for b in bad]
+            assert not bad, f"{path.name} imports workflow_scripts.{bad[0]}"
+
+
+def test_the_training_routine_never_names_a_method():
+    from workflow_scripts.methods.registry import METHODS
+
+    text = (REPO / "workflow_scripts" / "training" / "train.py").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    for name in METHODS:
+        assert f'"{name}"' not in code and f"'{name}'" not in code, name

@@ -25,7 +25,7 @@ def chosen(mask):
     return torch.cat([mask[n] for n in WIDTHS]).nonzero().flatten().tolist()
 
 
-@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - {"full"}))
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - {"all_tracked"}))
 @pytest.mark.parametrize("k", [1, 5, 12])
 def test_exactly_k_neurons(name, k):
     mask = neuron_mask(name, INPUTS, k, seed=3)
@@ -51,8 +51,8 @@ def test_specific_removes_old_top_k():
     assert chosen(neuron_mask("specific_general", same, 3)) == [18, 19, 20]
 
 
-def test_full_selects_everything():
-    assert len(chosen(neuron_mask("full", INPUTS, 1))) == 24
+def test_all_tracked_selects_everything():
+    assert len(chosen(neuron_mask("all_tracked", INPUTS, 1))) == 24
 
 
 def test_random_is_seeded_and_uniform():
@@ -77,6 +77,12 @@ def test_bad_requests_are_named():
 
 def test_resolve_k():
     assert resolve_k(0.25, 24) == 6 and resolve_k(5, 24) == 5
+
+
+def test_k_of_one_means_every_neuron_not_one_neuron():
+    assert resolve_k(1.0, 24) == 24 and resolve_k(1, 24) == 24 and resolve_k(2, 24) == 2
+    with pytest.raises(ValueError, match="positive"):
+        resolve_k(0, 24)
 
 
 def test_specific_refuses_k_over_half():

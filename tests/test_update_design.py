@@ -18,12 +18,23 @@ from workflow_scripts.scenarios.slices import fold_slices, known_case_ids, slice
 
 
 def test_every_scenario_is_named_for_what_it_is_and_keeps_its_paper_label():
-    assert set(SCENARIOS) == {"nondissonant_update", "lottery", "dissonant_update", "matched_control"}
-    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3"}
+    assert set(SCENARIOS) == {"nondissonant_update", "lottery", "dissonant_update", "matched_control",
+                              "false_nonconflicting"}
+    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3", "new"}
     for s in SCENARIOS.values():
         assert s.start in CHECKPOINTS and s.known in CHECKPOINTS and s.learn != s.keep
     assert SCENARIOS["dissonant_update"].target == "target_new"
-    assert controlled_pairs() == [("dissonant_update", "matched_control")]
+    assert controlled_pairs()[0] == ("dissonant_update", "matched_control")
+    assert SCENARIOS["false_nonconflicting"].target == "target_new" and SCENARIOS["false_nonconflicting"].learn == "D"
+
+
+def test_a_scenario_on_an_empty_slice_is_refused_before_any_job():
+    cfg = validate_config({"updates": {"scenarios": {"false_nonconflicting": {"methods": {"full": {}}}}}})
+    with pytest.raises(ValueError, match="set updates.sizes.D"):
+        build_runs(cfg)
+    cfg = validate_config({"updates": {"sizes": {"D": 24},
+                                       "scenarios": {"false_nonconflicting": {"methods": {"full": {}}}}}})
+    assert len(build_runs(cfg)) == 1
 
 
 def test_schema_enums_equal_the_registries():
@@ -184,3 +195,23 @@ def test_epochs_to_learn():
     assert row.epochs_to_learn == 2 and row.retention_when_learned == 0.5 and row.epochs_run == 3
     never = epochs_to_learn(curves.assign(acc_new=0.1)).iloc[0]
     assert pd.isna(never.epochs_to_learn)
+
+
+def test_adding_a_d_slice_or_matching_relations_leaves_a_b_and_k_unchanged():
+    ids = list(range(200))
+    history, known = set(range(10)), set(range(10, 40))
+    sizes = {"A": 20, "B": 10, "known_old": 15}
+    plain = fold_slices(ids, history, known, sizes, seed=0)
+    with_d = fold_slices(ids, history, known, {**sizes, "D": 10}, seed=0)
+    for name in ("A", "B", "C", "K"):
+        assert set(plain.case_id[plain.slice == name]) == set(with_d.case_id[with_d.slice == name]), name
+    assert (with_d.slice == "D").sum() == 10
+    relations = {cid: f"r{cid % 4}" for cid in ids}
+    matched = fold_slices(ids, history, known, sizes, seed=0, relations=relations)
+    for name in ("A", "B", "K"):
+        assert set(plain.case_id[plain.slice == name]) == set(matched.case_id[matched.slice == name]), name
+    rel = matched.assign(relation=matched.case_id.map(relations))
+    b_mix = rel[rel.slice == "B"].relation.value_counts().sort_index()
+    c_mix = rel[rel.slice == "C"].relation.value_counts().sort_index()
+    assert b_mix.equals(c_mix)
+    assert not set(matched.case_id[matched.slice == "C"]) & (history | known)

@@ -93,8 +93,15 @@ def test_the_harness_writes_a_row_a_curve_and_per_item_outcomes(tmp_path, tiny_m
     assert row["arm"] == "plastic" and row["strategy"] == "plastic" and row["paper"] == "2.1"
     assert row["acc_new_lo"] <= row["acc_new"] <= row["acc_new_hi"]
     curve = pd.read_parquet(out["curve"])
-    assert list(curve.epoch) == [1, 2, 3]
+    assert list(curve.epoch) == [0, 1, 2, 3]  # epoch 0: just before the update
     assert curve.acc_new.iloc[-1] == row["acc_new"]  # the last epoch's evaluation is the run's result
+    assert curve.acc_new.iloc[0] == row["acc_new_before"] and curve.acc_old.iloc[0] == row["acc_old_before"]
+    learned = curve[(curve.epoch >= 1) & (curve.acc_new >= 0.9)]
+    if len(learned):
+        assert row["learned_epoch"] == learned.epoch.iloc[0]
+        assert row["retention_at_learned"] == learned.retention_old.iloc[0]
+    else:
+        assert math.isnan(row["learned_epoch"])
     outcomes = pd.read_parquet(out["outcomes"])
     assert set(outcomes.metric) >= {"acc_old", "retention_old", "acc_new", "acc_gen", "locality"}
     assert (outcomes[outcomes.metric == "retention_old"].case_id.isin(ids[:6])).all()

@@ -51,18 +51,18 @@ def make_samples(setting: str, facts_path: str, novel_path: str, slices_path: st
     table); fine-tuned: familiar = facts of slice F known after fine-tuning (known table)."""
     from workflow_scripts.facts.schema import read_facts
     from workflow_scripts.io import write_parquet
+    from workflow_scripts.scenarios.slices import known_case_ids
 
     facts = read_facts(facts_path)
     slices = pd.read_parquet(slices_path)
     known_table = pd.read_parquet(known_path)
     if setting == "pretrained":
         allowed = set(slices.case_id[slices.slice != "H"])
-        known_table = known_table[known_table.target_kind == "true"]
     elif setting == "finetuned":
         allowed = set(slices.case_id[slices.slice == "F"])
     else:
         raise ValueError(f"unknown setting {setting!r}")
-    known = set(known_table.case_id[known_table.correct]) & allowed
+    known = known_case_ids(known_table) & allowed  # a probe table's target_true rows, or a known table
     samples = build_samples([r for r in facts if r["case_id"] in allowed], known, read_facts(novel_path),
                             n_per_class, seed)
     write_parquet(samples, out_path)

@@ -50,7 +50,7 @@ class LoraParams(FineTuneParams):
 @dataclass(frozen=True)
 class NeuronParams(FineTuneParams):
     strategy: str = "plastic"  # a neuron strategy (methods.neurons.STRATEGIES)
-    k: float = 0.05  # neurons to update: a count (>= 1) or a fraction (< 1) of all tracked neurons
+    k: float = 0.05  # neurons to update: a fraction of all tracked neurons when <= 1 (1 = all), else a count
     usage_score: str = "abs_sum"  # which usage statistic strategies rank by: |sum g|, sum |g| or sum g^2
 
     def __post_init__(self):

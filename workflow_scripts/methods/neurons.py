@@ -2,7 +2,7 @@
 
 A neuron is one output unit of a tracked linear module. Usage maps module name -> per-neuron score
 (see ``training.usage``). A strategy returns module name -> boolean vector (True = this neuron may be
-updated), with exactly ``k`` True entries in all (``full`` selects every neuron). Rankings are global
+updated), with exactly ``k`` True entries in all (``all_tracked`` selects every neuron). Rankings are global
 across modules and blocks; ties break by position, so masks are deterministic. Each strategy declares
 the usage roles it reads (``uses``: "old", "new", "history"), so a run gets only the usage it needs.
 """
@@ -66,7 +66,9 @@ def _check_k(inputs: StrategyInputs, k: int) -> int:
     return total
 
 
-def full(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
+def all_tracked(inputs: StrategyInputs, k: int, seed: int) -> dict[str, torch.Tensor]:
+    """Every tracked neuron (k is ignored): with embeddings, norms and head frozen, the control that
+    separates choosing neurons from freezing everything else."""
     import torch
 
     return {name: torch.ones(width, dtype=torch.bool) for name, width in inputs.widths.items()}
@@ -127,7 +129,7 @@ def random_uniform(inputs, k, seed):
 
 
 STRATEGIES: dict[str, Callable[[StrategyInputs, int, int], dict[str, torch.Tensor]]] = {
-    "full": full,
+    "all_tracked": all_tracked,
     "stubborn": stubborn,
     "plastic": plastic,
     "candidate": candidate,
@@ -139,7 +141,7 @@ STRATEGIES: dict[str, Callable[[StrategyInputs, int, int], dict[str, torch.Tenso
     "free_b": free_new,
 }
 ORACLES = {"candidate", "specific", "free_b"}  # need a full pass on the new data first
-full.uses = random_uniform.uses = ()
+all_tracked.uses = random_uniform.uses = ()
 specific.uses = ("old", "new")
 specific_general.uses = ("old", "history")
 
@@ -161,7 +163,9 @@ def neuron_mask(name: str, inputs: StrategyInputs, k: int, seed: int = 0) -> dic
 
 
 def resolve_k(k: int | float, total: int) -> int:
-    """k as a count, or as a fraction (0 < k < 1) of all neurons."""
-    if isinstance(k, float) and 0 < k < 1:
+    """k as a fraction of all neurons when 0 < k <= 1 (1 = all of them), otherwise as a count."""
+    if not k > 0:
+        raise ValueError(f"k must be positive, got {k!r}")
+    if k <= 1:
         return max(1, round(k * total))
     return int(k)

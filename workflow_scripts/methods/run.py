@@ -23,6 +23,7 @@ from workflow_scripts.scenarios.slices import known_case_ids
 log = logging.getLogger(__name__)
 
 CURVE_METRICS = ("exact_match",)
+LEARNED = 0.9  # "learned" = at least this share of the update's facts (matched-acquisition retention)
 
 
 def build_suite(scenario_name: str, records: list[dict], slices: pd.DataFrame, known: pd.DataFrame) -> EvalSuite:
@@ -48,7 +49,8 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     suite = build_suite(s.name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
     model, tok = load_model(str(inputs["model"]), dtype="float32")
     state = prepare(model, tok, suite)
-    curve, eval_seconds = [], 0.0
+    before, _ = evaluate(model, tok, suite, CURVE_METRICS)  # each slice's accuracy just before the update
+    curve, eval_seconds = ([{"epoch": 0, "loss": float("nan"), **before}] if job["curves"] else []), 0.0
 
     def checkpoint(current, epoch, record):
         nonlocal eval_seconds
@@ -69,6 +71,8 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     if not curve:
         curve.append({"epoch": stats["epochs_run"], "loss": stats["final_loss"],
                       **{k: v for k, v in row.items() if k in curve_columns(row)}})
+    row.update({f"{k}_before": before[k] for k in ("acc_old", "retention_old", "acc_new", "acc_gen")})
+    row.update(matched_acquisition(curve))
     key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
            "fold": int(job["fold"]), "seed": int(job["seed"])}
     columns = {"strategy": None, "oracle": False, **result.columns}
@@ -79,6 +83,15 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     log.info("%s / %s / %s fold %s: %s", s.name, m.name, job["variant"], job["fold"],
              {k: row[k] for k in ("retention_old", "acc_new", "acc_gen", "locality") if k in row})
     return full_row
+
+
+def matched_acquisition(curve: list[dict], threshold: float = LEARNED) -> dict:
+    """The first epoch whose update accuracy reaches ``threshold`` and the retention then (NaN when
+    no evaluated epoch did, or without per-epoch curves only the last epoch is known)."""
+    for point in curve:
+        if point["epoch"] >= 1 and point["acc_new"] >= threshold:
+            return {"learned_epoch": float(point["epoch"]), "retention_at_learned": float(point["retention_old"])}
+    return {"learned_epoch": float("nan"), "retention_at_learned": float("nan")}
 
 
 def curve_columns(row: dict) -> list[str]:

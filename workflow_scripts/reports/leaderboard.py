@@ -61,6 +61,8 @@ def leaderboard(rows: pd.DataFrame, items: pd.DataFrame, reference: dict) -> pd.
             diff = (test["only_a"] - test["only_b"]) / len(both)
             entry[f"{column}_vs_ref_p"] = test["p_value"]
             entry[f"{column}_vs_ref"] = ("higher" if diff > 0 else "lower") if test["p_value"] < ALPHA else "n.s."
+        for column in ("learned_epoch", "retention_at_learned"):  # matched acquisition (runs with curves)
+            entry[column] = float(part[column].mean()) if column in part else np.nan
         entry["reference"] = is_ref
         out.append(entry)
     return pd.DataFrame(out)
@@ -79,7 +81,8 @@ def markdown(board: pd.DataFrame, reference: dict) -> str:
              "facts learned; generalisation = their paraphrases; locality = neighbourhood prompts whose "
              "next-token prediction is unchanged. vs ref: exact McNemar test against "
              f"{reference['method']}/{reference['variant']} on the same items (higher/lower only at p < {ALPHA}; "
-             "n.s. = not resolved at this size).", ""]
+             "n.s. = not resolved at this size). At 90 %: retention at the first epoch where at least 90 % of "
+             "the update is learned (matched acquisition; scenarios with per-epoch curves), and that epoch.", ""]
     for scenario, part in board.groupby("scenario", sort=False):
         s = SCENARIOS[scenario]
         lines += [f"## {scenario} ({s.paper}): {s.title}", ""]
@@ -90,6 +93,8 @@ def markdown(board: pd.DataFrame, reference: dict) -> str:
             **{f"{c} vs ref (p)": [f"{r} ({p:.3g})" if r else "reference" if ref else "–"
                                    for r, p, ref in zip(part[f"{c}_vs_ref"], part[f"{c}_vs_ref_p"], part.reference)]
                for c in TESTED},
+            "at 90 % (epoch)": ["–" if np.isnan(r) else f"{r:.2f} ({e:.0f})"
+                                for r, e in zip(part.retention_at_learned, part.learned_epoch)],
         })
         lines += [show.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Named scenarios: where an update starts, what it learns, with which target, what it must keep.
 
 One fold has these slices of the facts (disjoint, seeded by the fold): A (old facts), B (new facts),
-C (new facts, as many as B), K (facts the pre-trained model already knows), plus the history set H
+C (new facts, as many as B), D (further new facts, ``updates.sizes.D``, 0 unless a scenario needs it),
+K (facts the pre-trained model already knows), plus the history set H
 whose fine-tune gives the historical usage. Two full fine-tunes build the shared checkpoints:
 pre-trained ("base") -> A (checkpoint "A", usage of A) -> B (checkpoint "AB", usage of B).
 
@@ -71,6 +72,11 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         start="AB", learn="C", target="target_true", keep="A", known="AB",
         usage={"old": "A", "new": "B", "history": "H"}, control_for="dissonant_update",
     ),
+    Scenario(
+        "false_nonconflicting", "new", "checkpoint AB learns wrong targets for facts it never knew (D, target_new)",
+        start="AB", learn="D", target="target_new", keep="A", known="AB",
+        usage={"old": "A", "new": "B", "history": "H"}, control_for="dissonant_update",
+    ),
 )
 
 
@@ -82,5 +88,10 @@ def scenario(name: str) -> Scenario:
 
 
 def controlled_pairs() -> list[tuple[str, str]]:
-    """(scenario, its matched control) pairs, e.g. ("dissonant_update", "matched_control")."""
+    """(scenario, its control) pairs, e.g. ("dissonant_update", "matched_control"), in definition order."""
     return [(s.control_for, s.name) for s in SCENARIOS.values() if s.control_for]
+
+
+def slice_size(sizes: dict, name: str) -> int:
+    """How many facts a fold's slice has under ``updates.sizes`` (C has B's size)."""
+    return {"A": sizes["A"], "B": sizes["B"], "C": sizes["B"], "D": sizes.get("D", 0), "K": sizes["known_old"]}[name]

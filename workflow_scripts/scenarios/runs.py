@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow_scripts.methods.base import method
-from workflow_scripts.scenarios.design import scenario
+from workflow_scripts.scenarios.design import scenario, slice_size
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,10 @@ def build_runs(config: dict) -> dict[tuple, Run]:
     defaults = config.get("methods", {})
     runs: dict[tuple, Run] = {}
     for name, block in updates.get("scenarios", {}).items():
-        scenario(name)  # a clear error for an unknown scenario
+        s = scenario(name)  # a clear error for an unknown scenario
+        if block.get("methods") and slice_size(updates["sizes"], s.learn) == 0:
+            raise ValueError(f"updates.scenarios.{name} learns slice {s.learn}, which is empty: set "
+                             f"updates.sizes.{s.learn} (> 0)")
         for method_name, grid in (block.get("methods") or {}).items():
             m = method(method_name)
             where = f"updates.scenarios.{name}.methods.{method_name}"

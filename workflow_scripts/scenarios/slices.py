@@ -50,21 +50,48 @@ def known_case_ids(table: pd.DataFrame) -> set[int]:
     return set(table.case_id[table.correct.astype(bool)])
 
 
-def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int], sizes: dict, seed: int) -> pd.DataFrame:
-    """One fold's slices: A, B and C (|C| = |B|) from the facts the pre-trained model does not know
-    and that are not ``excluded`` (the history set H); K = up to ``sizes['known_old']`` facts it does
-    know (outside H). Seeded by the fold."""
-    a, b, k_size = int(sizes["A"]), int(sizes["B"]), int(sizes["known_old"])
+def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int], sizes: dict, seed: int,
+                relations: dict[int, str] | None = None) -> pd.DataFrame:
+    """One fold's slices: A, B, C (|C| = |B|) and D (``sizes['D']``, default 0) from the facts the
+    pre-trained model does not know and that are not ``excluded`` (the history set H); K = up to
+    ``sizes['known_old']`` facts it does know (outside H). Seeded by the fold. With ``relations``
+    (case id -> relation), C is drawn with B's relation mix (as far as the pool allows)."""
+    a, b, k_size, d = int(sizes["A"]), int(sizes["B"]), int(sizes["known_old"]), int(sizes.get("D", 0))
     rng = random.Random(f"update-slices|{seed}")
     unknown = set(case_ids) - excluded - known_by_base
-    if a + 2 * b > len(unknown):
+    if a + 2 * b + d > len(unknown):
         raise ValueError(
-            f"slices A={a}, B={b}, C={b} need {a + 2 * b} facts the pre-trained model does not know, outside H; "
-            f"only {len(unknown)} are available (lower updates.sizes or use more facts)"
+            f"slices A={a}, B={b}, C={b}, D={d} need {a + 2 * b + d} facts the pre-trained model does not know, "
+            f"outside H; only {len(unknown)} are available (lower updates.sizes or use more facts)"
         )
-    names = draw(unknown, {"A": a, "B": b, "C": b}, rng)
+    names = draw(unknown, {"A": a, "B": b, "C": b, "D": d}, rng)
+    if relations is not None:
+        names = match_relation_mix(names, relations, unknown)
     known = (known_by_base & set(case_ids)) - excluded
     if len(known) < k_size:
         log.warning("only %d facts known by the pre-trained model are available for K (asked for %d)", len(known), k_size)
     names.update(draw(known, {"K": k_size}, rng, allow_short=True))
     return slice_table(case_ids, names)
+
+
+def match_relation_mix(names: dict[int, str], relations: dict[int, str], pool: set[int]) -> dict[int, str]:
+    """Redraw C so that its relation counts equal B's: per relation of B, the facts of the drawn C first,
+    then the other facts of ``pool`` (unknown to the base model, outside H, not in A, B or D) by case id;
+    where a relation has too few, the drawn C's remaining facts fill in (logged)."""
+    b_counts: dict[str, int] = {}
+    for cid, name in names.items():
+        if name == "B":
+            b_counts[relations[cid]] = b_counts.get(relations[cid], 0) + 1
+    drawn = sorted(cid for cid, name in names.items() if name == "C")
+    free = sorted(cid for cid in pool if names.get(cid) in (None, "C"))
+    candidates = drawn + [cid for cid in free if cid not in set(drawn)]
+    chosen: list[int] = []
+    for relation, count in sorted(b_counts.items()):
+        chosen.extend([cid for cid in candidates if relations.get(cid) == relation][:count])
+    short = sum(b_counts.values()) - len(chosen)
+    if short:
+        chosen.extend([cid for cid in drawn if cid not in set(chosen)][:short])
+        log.warning("C matches B's relation mix for all but %d facts", short)
+    out = {cid: name for cid, name in names.items() if name != "C"}
+    out.update({cid: "C" for cid in chosen})
+    return out

@@ -14,11 +14,14 @@ from workflow_scripts.scenarios.slices import fold_slices, known_case_ids  # noq
 
 
 def main(input, output, params, threads):
-    ids = [r["case_id"] for r in read_facts(input.facts)]
+    records = read_facts(input.facts)
+    ids = [r["case_id"] for r in records]
+    relations = ({r["case_id"]: r["requested_rewrite"]["relation_id"] for r in records}
+                 if getattr(params, "match_relations", False) else None)
     history = pd.read_parquet(input.history_slices)
     excluded = set(history.case_id[history.slice == "H"])
     known = known_case_ids(pd.read_parquet(input.known_by_base))
-    write_parquet(fold_slices(ids, excluded, known, dict(params.sizes), params.seed), output.slices)
+    write_parquet(fold_slices(ids, excluded, known, dict(params.sizes), params.seed, relations), output.slices)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ a neuron-masked run can stop early). The hooks, in the order :func:`training.tra
 - ``after_step(model, step)``: after every optimiser step (restore frozen entries);
 - ``on_epoch(model, epoch, record)``: after every epoch, model in eval mode; True stops training;
 - ``finish(model)``: at the end, in reverse order; may return a replacement model (merged LoRA).
+
+Several processes (``training.processes`` > 1, :mod:`workflow_scripts.training.distributed`): the
+calling process (rank 0) runs the plugins as given; every other process runs each plugin's
+``replica()``, asked before any hook: a fresh copy for plugins that change training (they then act
+on every process's model copy and on its share of each batch), or None for plugins that only need
+rank 0 (``on_epoch`` observers). A plugin that does not define it cannot run multi-process: the run
+fails before any process starts, naming it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ class TrainingPlugin:
     def finish(self, model):
         return None
 
+    def replica(self) -> TrainingPlugin | None:
+        """What the other processes of a multi-process run use in place of this plugin (sent to them
+        pickled): a fresh copy, or None when it only needs to run in rank 0."""
+        raise NotImplementedError
+
 
 class OnlyParameters(TrainingPlugin):
     """Optimise only the parameters whose names are in ``names`` (the rest stay exactly as they are)."""
@@ -59,6 +71,9 @@ class OnlyParameters(TrainingPlugin):
 
     def trainable(self, name, param):
         return bool(self.keep(name))
+
+    def replica(self):
+        return self  # stateless (``names`` must then be picklable: a set, not a lambda)
 
 
 class UpdateMask(TrainingPlugin):
@@ -89,6 +104,9 @@ class UpdateMask(TrainingPlugin):
             for p, m, start in self._frozen:
                 p.copy_(torch.where(m, p, start))
 
+    def replica(self):
+        return UpdateMask(self.masks)  # every process masks its own copy (and its gradients before summing)
+
     def finish(self, model):
         for h in self._handles:
             h.remove()
@@ -98,12 +116,21 @@ class UpdateMask(TrainingPlugin):
 
 class RecordUsage(TrainingPlugin):
     """Feeds a :class:`~workflow_scripts.training.usage.UsageTracker` the answer positions of every
-    batch, attaching it for the run."""
+    batch, attaching it for the run.
+
+    Several processes: every process records its share of each batch (its replica has a tracker of
+    its own, built on that process's model), and ``finish`` sums the trackers' statistics over the
+    processes into rank 0's (the caller's) tracker. Output gradients at a position depend only on its
+    own fact, so the sums equal a one-process run's up to rounding."""
 
     def __init__(self, tracker):
-        self.tracker = tracker
+        self.tracker = tracker  # None in a replica: one is built on the process's model in prepare
 
     def prepare(self, model):
+        if self.tracker is None:
+            from workflow_scripts.training.usage import UsageTracker
+
+            self.tracker = UsageTracker(model)
         self.tracker.__enter__()
 
     def token_weights(self, batch):
@@ -113,8 +140,15 @@ class RecordUsage(TrainingPlugin):
         return None
 
     def finish(self, model):
+        from workflow_scripts.training.distributed import sum_across_processes
+
         self.tracker.positions = None
+        t = self.tracker
+        sum_across_processes([*t.sum.values(), *t.sum_abs.values(), *t.sum_sq.values()])  # one process: nothing
         self.tracker.__exit__(None, None, None)
+
+    def replica(self):
+        return RecordUsage(None)
 
 
 class EpochCallback(TrainingPlugin):
@@ -126,6 +160,9 @@ class EpochCallback(TrainingPlugin):
     def on_epoch(self, model, epoch, record):
         self.fn(model, epoch, record)
         return False
+
+    def replica(self):
+        return None  # rank 0 only: its model is the caller's
 
 
 class StopAtAccuracy(TrainingPlugin):
@@ -140,6 +177,9 @@ class StopAtAccuracy(TrainingPlugin):
 
         record["train_accuracy"] = accuracy(model, self.tokenizer, self.prompts, self.targets, batch_size=64)
         return record["train_accuracy"] >= self.threshold
+
+    def replica(self):
+        return None  # rank 0 evaluates (every copy holds the same weights); its stop stops all
 
 
 class LoraAdapters(TrainingPlugin):
@@ -165,6 +205,9 @@ class LoraAdapters(TrainingPlugin):
 
     def finish(self, model):
         return merge_lora(model)
+
+    def replica(self):
+        return LoraAdapters(self.r, self.alpha, self.dropout)  # same seed: same initial adapters everywhere
 
 
 def merge_lora(model):

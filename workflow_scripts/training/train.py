@@ -11,6 +11,9 @@
   fused optimiser, the clipping factor is applied inside its step instead of in a separate pass).
 - Precision: fp32 (the default), or bf16 autocast of the forward pass (weights, gradients and the
   optimiser stay fp32) where the device supports it.
+- Data parallel over several processes (``training.processes``; gloo on the CPU, NCCL on GPUs, set
+  up through accelerate): the same global batches, each process computing its share, gradients
+  summed before clipping; see :mod:`workflow_scripts.training.distributed`.
 - Everything else is a plugin (``training.plugins``): which parameters train, update masks, usage
   recording, per-epoch evaluation, early stopping, LoRA adapters, data mixing and per-token weights.
 """
@@ -47,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     pack: bool = True  # facts of a batch back to back in one row (no padding) where the model allows it
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward pass)
+    processes: int = 1  # data-parallel processes (one per GPU; CPU: the cores are shared out)
 
     def __post_init__(self):
         if self.schedule not in ("constant", "linear"):
@@ -55,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"lr, epochs and batch_size must be positive: {self}")
+        if int(self.processes) != self.processes or self.processes < 1:
+            raise ValueError(f"processes must be a positive integer, got {self.processes!r}")
 
 
 def length_bucketed_batches(pairs: Sequence[EncodedPair], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -206,7 +212,21 @@ def train(
     on the encoded facts, ``token_weights`` before every batch's forward pass, ``after_step`` after
     every optimiser step, ``on_epoch`` after every epoch (any True stops training) and ``finish`` at
     the end (in reverse order). The routine itself never knows which method it is running.
+
+    With ``cfg.processes`` > 1 the same training runs data-parallel, this process being rank 0 and
+    ``model`` the result (:mod:`workflow_scripts.training.distributed`; plugins need a ``replica``).
     """
+    if cfg.processes > 1:
+        from workflow_scripts.training.distributed import train_data_parallel
+
+        return train_data_parallel(model, tokenizer, prompts, targets, cfg, plugins)
+    return _train(model, tokenizer, prompts, targets, cfg, plugins)
+
+
+def _train(model, tokenizer, prompts, targets, cfg: TrainConfig, plugins: Sequence[TrainingPlugin] = (),
+           group=None) -> list[dict]:
+    """:func:`train` in this process; with ``group`` (a ``distributed.ProcessGroup``) as one process of
+    a data-parallel run: it takes its share of every batch and sums gradients with the others."""
     device = next(model.parameters()).device
     precision = autocast_for(cfg, device)  # fails before any work if the device lacks bf16
     if device.type == "cpu":
@@ -229,6 +249,8 @@ def train(
     for n, p in model.named_parameters():
         p.requires_grad_(trainable(n, p))
     params = [p for _, p in named]
+    if group is not None:
+        group.start(params, cfg.seed)
     embedding_rows_only = model.get_input_embeddings().weight.requires_grad
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=all(p.device.type == "cpu" for p in params) or None
@@ -250,26 +272,34 @@ def train(
         for epoch in range(1, cfg.epochs + 1):
             start, losses = time.perf_counter(), []
             for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
-                if packed:
-                    input_ids, position_ids, answer, owner = collate_packed(pairs, idx, device)
-                    batch = TrainBatch(idx, input_ids, None, position_ids, answer, owner)
-                else:
-                    input_ids, attention, answer = collate(pairs, idx, pad, device)
-                    batch = TrainBatch(idx, input_ids, attention, None, answer, None)
-                weights = None
-                for plugin in plugins:
-                    w = plugin.token_weights(batch)
-                    if w is not None:
-                        weights = w if weights is None else weights * w
-                with precision:
-                    embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
-                    loss = answer_loss(model, input_ids, batch.attention, answer, per_batch=cfg.batch_size,
-                                       position_ids=batch.position_ids, owner=batch.owner, inputs_embeds=embeds,
-                                       token_weights=weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if embeds is not None:
-                    add_embedding_rows(model, input_ids, embeds)
+                if group is not None:
+                    idx = group.shard(idx)  # this process's share; the loss keeps the global per_batch
+                if idx:
+                    if packed:
+                        input_ids, position_ids, answer, owner = collate_packed(pairs, idx, device)
+                        batch = TrainBatch(idx, input_ids, None, position_ids, answer, owner)
+                    else:
+                        input_ids, attention, answer = collate(pairs, idx, pad, device)
+                        batch = TrainBatch(idx, input_ids, attention, None, answer, None)
+                    weights = None
+                    for plugin in plugins:
+                        w = plugin.token_weights(batch)
+                        if w is not None:
+                            weights = w if weights is None else weights * w
+                    with precision:
+                        embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
+                        loss = answer_loss(model, input_ids, batch.attention, answer, per_batch=cfg.batch_size,
+                                           position_ids=batch.position_ids, owner=batch.owner, inputs_embeds=embeds,
+                                           token_weights=weights)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if embeds is not None:
+                        add_embedding_rows(model, input_ids, embeds)
+                else:  # several processes, a batch with fewer facts than processes: nothing to add here
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = torch.zeros((), device=device)
+                if group is not None:
+                    loss = group.sum_gradients(params, loss)  # the global batch's gradients and loss
                 if cfg.max_grad_norm:
                     clip_in_step(optimizer, params, cfg.max_grad_norm)
                 optimizer.step()
@@ -283,6 +313,8 @@ def train(
             history.append(record)
             stop = [plugin.on_epoch(model, epoch, record) for plugin in plugins]
             log.info("epoch %d: %s", epoch, record)
+            if group is not None:
+                stop = [group.any(any(stop))]  # a stop asked for in any process stops all
             if any(stop):
                 break
             model.train()

@@ -126,7 +126,12 @@ rule awareness_report:
     output:
         metrics=res("awareness/metrics.parquet"),
         summary=res("report/awareness.md"),
-        csv=res("report/awareness.csv"),
+        csv=report(
+            res("report/awareness.csv"),
+            caption="../report/awareness_table.rst",
+            category="Dissonance awareness",
+            labels={"table": "classifier summary"},
+        ),
         confusion=report(res("figures/awareness_confusion.png"), caption="../report/awareness_confusion.rst", category="Dissonance awareness"),
         feature_sets=report(res("figures/awareness_feature_sets.png"), caption="../report/awareness_feature_sets.rst", category="Dissonance awareness"),
         importance=report(res("figures/awareness_importance.png"), caption="../report/awareness_importance.rst", category="Dissonance awareness"),

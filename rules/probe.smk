@@ -29,7 +29,12 @@ rule report_probe:
     input:
         tables=[res("probe/facts.parquet"), res("probe/novel.parquet")],
     output:
-        csv=res("report/familiarity.csv"),
+        csv=report(
+            res("report/familiarity.csv"),
+            caption="../report/familiarity_table.rst",
+            category="Familiarity probe",
+            labels={"table": "familiarity summary"},
+        ),
         md=res("report/familiarity.md"),
         figure=report(
             res("figures/known_by_relation.png"),

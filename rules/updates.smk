@@ -47,7 +47,13 @@ rule scenario_report:
     output:
         metrics=res("updates/{scenario}/metrics.parquet"),
         curves=res("updates/{scenario}/curves.parquet"),
-        csv=res("report/updates_{scenario}.csv"),
+        csv=report(
+            res("report/updates_{scenario}.csv"),
+            caption="../report/updates_table.rst",
+            category="Knowledge updates",
+            subcategory="{scenario}",
+            labels={"scenario": "{scenario}", "table": "summary"},
+        ),
         summary=res("report/updates_{scenario}.md"),
         vs_k=report(
             res("figures/updates_{scenario}_vs_k.png"),

@@ -4,6 +4,8 @@ trained on the test facts, and paths to the real shared records."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from workflow_scripts.facts.fictionalise import fictionalise  # noqa: E402
 from workflow_scripts.facts.starter import starter_records  # noqa: E402
@@ -24,6 +27,7 @@ CONFLICTAWARE_FACTS = SHARED_DATA / "conflictaware" / "dataset" / "facts"
 E2E_FACTS = 40
 E2E_NOVEL = 20
 E2E_SEED = 7
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def record_texts(records):
@@ -80,6 +84,53 @@ def pretrained_tiny_dir(tmp_path_factory, tiny_model_dirs, starter):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
+           str(workdir / "config.yaml"), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def write_config(workdir: Path, model_dir: Path, **changes) -> None:
+    cfg = {
+        "model": {"source": str(model_dir)},
+        "facts": {"source": "starter", "limit": E2E_FACTS},
+        "novel": {"n": E2E_NOVEL, "seed": E2E_SEED},
+        "probe": {"batch_size": 8},
+        "training": {"lr": 0.003, "batch_size": 8},
+        "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
+                      "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25, "scenarios": {
+            "nondissonant_update": {"epochs": 25, "methods": {
+                "full": [{}, {"lr_ratio": 0.5}], "lora": {},
+                "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
+            "lottery": {"epochs": 10, "methods": {"neurons": {"strategy": ["lottery", "non_lottery", "random"], "k": [20, 60]}}},
+            "dissonant_update": {"epochs": 25, "curves": True, "methods": {
+                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+            "matched_control": {"epochs": 25, "curves": True, "methods": {
+                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+        }},
+    }
+    for key, value in changes.items():
+        *path, name = key.split("__")
+        section = cfg
+        for part in path:
+            section = section.setdefault(part, {})
+        section[name] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, pretrained_tiny_dir):
+    """The whole workflow run once on the pre-trained tiny model (about 6 minutes); shared by the
+    end-to-end tests and the report checks: (workdir, completed snakemake process)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    write_config(workdir, pretrained_tiny_dir)
+    proc = snakemake(workdir, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir, proc
 
 
 def shared_file(*parts) -> Path:

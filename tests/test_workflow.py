@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -14,9 +11,8 @@ import yaml
 
 from workflow_scripts.facts.schema import FACT_SCHEMA
 
-from conftest import E2E_FACTS, E2E_NOVEL, E2E_SEED, REPO
+from conftest import E2E_FACTS, E2E_NOVEL, REPO, snakemake, write_config
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
          "awareness_classify", "awareness_report", "fold_slices", "checkpoint_a", "checkpoint_b",
@@ -25,53 +21,8 @@ UPDATES = {"fold_slices", "checkpoint_a", "checkpoint_b", "update", "scenario_re
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-
-
-def write_config(workdir: Path, model_dir: Path, **changes) -> None:
-    cfg = {
-        "model": {"source": str(model_dir)},
-        "facts": {"source": "starter", "limit": E2E_FACTS},
-        "novel": {"n": E2E_NOVEL, "seed": E2E_SEED},
-        "probe": {"batch_size": 8},
-        "training": {"lr": 0.003, "batch_size": 8},
-        "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
-                      "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
-        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25, "scenarios": {
-            "nondissonant_update": {"epochs": 25, "methods": {
-                "full": [{}, {"lr_ratio": 0.5}], "lora": {},
-                "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
-            "lottery": {"epochs": 10, "methods": {"neurons": {"strategy": ["lottery", "non_lottery", "random"], "k": [20, 60]}}},
-            "dissonant_update": {"epochs": 25, "curves": True, "methods": {
-                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
-            "matched_control": {"epochs": 25, "curves": True, "methods": {
-                "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
-        }},
-    }
-    for key, value in changes.items():
-        *path, name = key.split("__")
-        section = cfg
-        for part in path:
-            section = section.setdefault(part, {})
-        section[name] = value
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-
-
 def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
     return {rule for rule in RULES if f"rule {rule}:" in proc.stdout}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, pretrained_tiny_dir):
-    workdir = tmp_path_factory.mktemp("e2e")
-    write_config(workdir, pretrained_tiny_dir)
-    proc = snakemake(workdir, "--cores", "2")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir, proc
 
 
 @pytest.mark.slow
@@ -130,7 +81,7 @@ def test_every_output_is_produced(finished_run):
     assert (dissonant.stage == "AB->B'").all() and (matched.stage == "AB->C").all()
     assert (dissonant.paper == "3.1").all() and (matched.paper == "3.3").all()
     curves = pd.read_parquet(res / "updates" / "dissonant_update" / "curves.parquet")
-    assert set(curves[curves.variant == "default"].epoch) == set(range(1, 26))
+    assert set(curves[curves.variant == "default"].epoch) == set(range(0, 26))  # epoch 0: before the update
     assert len(pd.read_parquet(res / "updates" / "nondissonant_update" / "curves.parquet")) == len(updates)  # final epoch only
     for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
                    "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",

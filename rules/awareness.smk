@@ -132,10 +132,14 @@ rule awareness_report:
             category="Dissonance awareness",
             labels={"table": "classifier summary"},
         ),
-        confusion=report(res("figures/awareness_confusion.png"), caption="../report/awareness_confusion.rst", category="Dissonance awareness"),
-        feature_sets=report(res("figures/awareness_feature_sets.png"), caption="../report/awareness_feature_sets.rst", category="Dissonance awareness"),
-        importance=report(res("figures/awareness_importance.png"), caption="../report/awareness_importance.rst", category="Dissonance awareness"),
-        distributions=report(res("figures/awareness_distributions.png"), caption="../report/awareness_distributions.rst", category="Dissonance awareness"),
+        confusion=report(res("figures/awareness_confusion.png"), caption="../report/awareness_confusion.rst", category="Dissonance awareness",
+                              labels={"figure": "confusion matrices"}),
+        feature_sets=report(res("figures/awareness_feature_sets.png"), caption="../report/awareness_feature_sets.rst", category="Dissonance awareness",
+                              labels={"figure": "feature sets"}),
+        importance=report(res("figures/awareness_importance.png"), caption="../report/awareness_importance.rst", category="Dissonance awareness",
+                              labels={"figure": "feature importance"}),
+        distributions=report(res("figures/awareness_distributions.png"), caption="../report/awareness_distributions.rst", category="Dissonance awareness",
+                              labels={"figure": "feature distributions"}),
     params:
         settings=config["awareness"]["settings"],
     log:

@@ -26,6 +26,12 @@ rule leaderboard:
             res("report/leaderboard.csv"),
             caption="../report/leaderboard.rst",
             category="Leaderboard",
+            labels={"table": "leaderboard (CSV)"},
+        ),
+        html=report(
+            res("report/leaderboard.html"),
+            caption="../report/leaderboard.rst",
+            category="Leaderboard",
             labels={"table": "leaderboard"},
         ),
         summary=res("report/leaderboard.md"),

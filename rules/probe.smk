@@ -40,6 +40,7 @@ rule report_probe:
             res("figures/known_by_relation.png"),
             caption="../report/known_by_relation.rst",
             category="Familiarity probe",
+            labels={"figure": "known by relation"},
         ),
     log:
         res("logs/report_probe.log"),

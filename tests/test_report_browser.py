@@ -309,10 +309,16 @@ def test_report_renders_in_a_browser(report_html, browser, tmp_path):
     browser.evaluate(js("goHome();"))
     browser.wait_for(js("return !!linkLabelled('Leaderboard');"), "menu entry Leaderboard")
     browser.evaluate(js("linkLabelled('Leaderboard').click();"))
-    browser.wait_for(js("return !!rowWith('leaderboard') && !!rowWith('retention x acquisition');"),
-                     "Leaderboard: the table and the Pareto figure")
-    csv = browser.evaluate(js("""
+    browser.wait_for(js("return !!rowWith('leaderboard') && !!rowWith('leaderboard (CSV)') "
+                        "&& !!rowWith('retention x acquisition');"),
+                     "Leaderboard: the table, its CSV and the Pareto figure")
+    table = browser.evaluate(js("""
         const href = rowButtons(rowWith('leaderboard'))[0].href;
+        return fetch(href).then((r) => r.text());"""))
+    assert "<table" in table and "retention" in table and "Wilson interval" in table
+    assert table == (res / "report" / "leaderboard.html").read_text()
+    csv = browser.evaluate(js("""
+        const href = rowButtons(rowWith('leaderboard (CSV)'))[0].href;
         return fetch(href).then((r) => r.text());"""))
     assert csv == (res / "report" / "leaderboard.csv").read_text()
     header = csv.splitlines()[0].split(",")

@@ -74,19 +74,18 @@ def _cell(value, n, low, high) -> str:
     return f"{value:.2f} [{low:.2f}, {high:.2f}] ({n})"
 
 
-def markdown(board: pd.DataFrame, reference: dict) -> str:
-    lines = ["# Leaderboard", "",
-             "Every run, per scenario: share [95 % Wilson interval] (items), pooled over folds. "
+INTRO = ("Every run, per scenario: share [95 % Wilson interval] (items), pooled over folds. "
              "retention = old facts known just before the update and still known; acquisition = the update's "
              "facts learned; generalisation = their paraphrases; locality = neighbourhood prompts whose "
              "next-token prediction is unchanged. vs ref: exact McNemar test against "
-             f"{reference['method']}/{reference['variant']} on the same items (higher/lower only at p < {ALPHA}; "
+             "{ref} on the same items (higher/lower only at p < " + str(ALPHA) + "; "
              "n.s. = not resolved at this size). At 90 %: retention at the first epoch where at least 90 % of "
-             "the update is learned (matched acquisition; scenarios with per-epoch curves), and that epoch.", ""]
-    for scenario, part in board.groupby("scenario", sort=False):
-        s = SCENARIOS[scenario]
-        lines += [f"## {scenario} ({s.paper}): {s.title}", ""]
-        show = pd.DataFrame({
+             "the update is learned (matched acquisition; scenarios with per-epoch curves), and that epoch.")
+
+
+def display_table(part: pd.DataFrame) -> pd.DataFrame:
+    """One scenario's rows as people read them: shares with intervals and counts, tests, matched acquisition."""
+    return pd.DataFrame({
             "method": part.method, "variant": part.variant,
             **{c: [_cell(*v) for v in zip(part[c], part[f"{c}_n"], part[f"{c}_lo"], part[f"{c}_hi"])]
                for c in ("retention", "acquisition", "generalisation", "locality")},
@@ -96,8 +95,31 @@ def markdown(board: pd.DataFrame, reference: dict) -> str:
             "at 90 % (epoch)": ["–" if np.isnan(r) else f"{r:.2f} ({e:.0f})"
                                 for r, e in zip(part.retention_at_learned, part.learned_epoch)],
         })
-        lines += [show.to_markdown(index=False, disable_numparse=True), ""]
+
+
+def markdown(board: pd.DataFrame, reference: dict) -> str:
+    lines = ["# Leaderboard", "", INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
+    for scenario, part in board.groupby("scenario", sort=False):
+        s = SCENARIOS[scenario]
+        lines += [f"## {scenario} ({s.paper}): {s.title}", "",
+                  display_table(part).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def html(board: pd.DataFrame, reference: dict) -> str:
+    """A self-contained HTML page of the leaderboard (the report shows it in place)."""
+    import html as html_escape
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Leaderboard</title><style>"
+             "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}</style></head><body>",
+             "<h1>Leaderboard</h1>", f"<p>{html_escape.escape(INTRO.format(ref=reference['method'] + '/' + reference['variant']))}</p>"]
+    for scenario, part in board.groupby("scenario", sort=False):
+        s = SCENARIOS[scenario]
+        parts.append(f"<h2>{html_escape.escape(f'{scenario} ({s.paper}): {s.title}')}</h2>")
+        parts.append(display_table(part).to_html(index=False, border=0))
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def plot_pareto(board: pd.DataFrame, dest: str) -> None:
@@ -131,5 +153,7 @@ def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: di
     with atomic_path(out["csv"]) as tmp:
         board.to_csv(tmp, index=False)
     write_text(markdown(board, reference), out["summary"])
+    if "html" in out:
+        write_text(html(board, reference), out["html"])
     plot_pareto(board, out["pareto"])
     return board

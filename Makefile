@@ -31,6 +31,14 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
+# profiles/slurm on a real one-node SLURM cluster on this machine (root or passwordless sudo, Debian/
+# Ubuntu, apt-get): tests/cluster/slurm.sh installs and starts it, runs the tiny workflow locally and
+# through SLURM, checks every job in sacct and that both runs' results are equal, and stops the daemons.
+# About 22 minutes on a busy 2-core machine (over CI's 10), so it is not part of `make test`.
+.PHONY: test-cluster
+test-cluster: $(VENV)/.installed
+	PY=$(PY) bash tests/cluster/slurm.sh all
+
 bench: $(VENV)/.installed
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

@@ -15,7 +15,7 @@ import pandas as pd
 from workflow_scripts.evaluation.stats import mcnemar_exact, wilson
 from workflow_scripts.io import atomic_path, write_parquet, write_text
 from workflow_scripts.reports.plotting import pyplot, save_figure
-from workflow_scripts.scenarios.design import SCENARIOS
+from workflow_scripts.scenarios.design import SCENARIOS, controlled_pairs
 
 COLUMNS = {  # leaderboard column -> metric in the run rows / items
     "retention": "retention_old",
@@ -68,6 +68,28 @@ def leaderboard(rows: pd.DataFrame, items: pd.DataFrame, reference: dict) -> pd.
     return pd.DataFrame(out)
 
 
+def paired_scenarios(rows: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Each scenario against its control (e.g. dissonant_update vs matched_control), for every setting
+    both ran: retention of the same old facts, exact McNemar test (and the share of each)."""
+    out = []
+    for scenario, control in controlled_pairs():
+        both = (rows[rows.scenario == scenario][["method", "variant"]].drop_duplicates()
+                .merge(rows[rows.scenario == control][["method", "variant"]].drop_duplicates()))
+        for method, variant in both.itertuples(index=False):
+            a = _outcomes(items, (scenario, method, variant), "retention_old")
+            b = _outcomes(items, (control, method, variant), "retention_old")
+            common = a.index.intersection(b.index)
+            if not len(common):
+                continue
+            test = mcnemar_exact(a[common].tolist(), b[common].tolist())
+            out.append({"scenario": scenario, "control": control, "method": method, "variant": variant,
+                        "n": len(common), "retention": float(a[common].mean()),
+                        "retention_control": float(b[common].mean()), "p_value": test["p_value"],
+                        "verdict": ("lower" if a[common].mean() < b[common].mean() else "higher")
+                        if test["p_value"] < ALPHA else "not resolved at this size"})
+    return pd.DataFrame(out)
+
+
 def _cell(value, n, low, high) -> str:
     if not n:
         return "–"
@@ -97,16 +119,31 @@ def display_table(part: pd.DataFrame) -> pd.DataFrame:
         })
 
 
-def markdown(board: pd.DataFrame, reference: dict) -> str:
+PAIRS_INTRO = ("Each scenario against its control, same method and setting: retention of the same old facts "
+               "(known just before both updates), exact McNemar test.")
+
+
+def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "scenario vs control": [f"{a} vs {b}" for a, b in zip(pairs.scenario, pairs.control)],
+        "method": pairs.method, "variant": pairs.variant, "facts": pairs.n,
+        "retention": [f"{a:.2f} vs {b:.2f}" for a, b in zip(pairs.retention, pairs.retention_control)],
+        "p": [f"{p:.3g}" for p in pairs.p_value], "verdict": pairs.verdict})
+
+
+def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None) -> str:
     lines = ["# Leaderboard", "", INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
     for scenario, part in board.groupby("scenario", sort=False):
         s = SCENARIOS[scenario]
         lines += [f"## {scenario} ({s.paper}): {s.title}", "",
                   display_table(part).to_markdown(index=False, disable_numparse=True), ""]
+    if pairs is not None and len(pairs):
+        lines += ["## Scenario against its control", "", PAIRS_INTRO, "",
+                  pairs_table(pairs).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
-def html(board: pd.DataFrame, reference: dict) -> str:
+def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None) -> str:
     """A self-contained HTML page of the leaderboard (the report shows it in place)."""
     import html as html_escape
 
@@ -118,6 +155,9 @@ def html(board: pd.DataFrame, reference: dict) -> str:
         s = SCENARIOS[scenario]
         parts.append(f"<h2>{html_escape.escape(f'{scenario} ({s.paper}): {s.title}')}</h2>")
         parts.append(display_table(part).to_html(index=False, border=0))
+    if pairs is not None and len(pairs):
+        parts += ["<h2>Scenario against its control</h2>", f"<p>{html_escape.escape(PAIRS_INTRO)}</p>",
+                  pairs_table(pairs).to_html(index=False, border=0)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -149,11 +189,12 @@ def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: di
     rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True)
     items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True)
     board = leaderboard(rows, items, reference)
+    pairs = paired_scenarios(rows, items)
     write_parquet(board, out["table"])
     with atomic_path(out["csv"]) as tmp:
         board.to_csv(tmp, index=False)
-    write_text(markdown(board, reference), out["summary"])
+    write_text(markdown(board, reference, pairs), out["summary"])
     if "html" in out:
-        write_text(html(board, reference), out["html"])
+        write_text(html(board, reference, pairs), out["html"])
     plot_pareto(board, out["pareto"])
     return board

@@ -90,7 +90,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
            str(workdir / "config.yaml"), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
 
 
 def write_config(workdir: Path, model_dir: Path, **changes) -> None:

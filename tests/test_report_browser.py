@@ -312,9 +312,12 @@ def test_report_renders_in_a_browser(report_html, browser, tmp_path):
     browser.wait_for(js("return !!rowWith('leaderboard') && !!rowWith('leaderboard (CSV)') "
                         "&& !!rowWith('retention x acquisition');"),
                      "Leaderboard: the table, its CSV and the Pareto figure")
-    table = browser.evaluate(js("""
-        const href = rowButtons(rowWith('leaderboard'))[0].href;
-        return fetch(href).then((r) => r.text());"""))
+    # the table is an HTML page shown in place (an iframe in the content pane)
+    browser.evaluate(js("rowButtons(rowWith('leaderboard'))[0].click();"))
+    src = browser.wait_for(js("""
+        const f = [...document.querySelectorAll('iframe')].find((i) => i.src.includes('filename=leaderboard.html'));
+        return f && f.src;"""), "Leaderboard: the table shown in place")
+    table = base64.b64decode(src.split("base64,", 1)[1]).decode("utf-8")
     assert "<table" in table and "retention" in table and "Wilson interval" in table
     assert table == (res / "report" / "leaderboard.html").read_text()
     csv = browser.evaluate(js("""

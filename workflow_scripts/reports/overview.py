@@ -36,7 +36,7 @@ def kind(scenario_name: str) -> str:
 
 
 def epochs_to_learn(curves: pd.DataFrame, threshold: float = LEARNED) -> pd.DataFrame:
-    """Per experiment, arm and fold: the first epoch whose update accuracy reaches ``threshold``
+    """Per scenario, setting, arm and fold: the first epoch whose update accuracy reaches ``threshold``
     (NaN if none did) and the old-knowledge retention at that epoch."""
     rows = []
     for key, part in curves.groupby(["scenario", "variant", "arm", "k", "fold"]):

@@ -5,10 +5,11 @@ How a run goes (:func:`train_data_parallel`, called by :func:`training.train.tra
 - The calling process is rank 0. It trains the caller's own model object with the caller's own
   plugins, so the result lands in place exactly as with one process (``stages.finetune_on_slice``,
   ``methods.finetune`` and per-epoch callbacks see rank 0's model, and nothing is copied back).
-- It starts ``processes - 1`` worker processes (``spawn``). Each gets, through one temporary file,
-  a copy of the model (CPU tensors; the caller's forward/backward hooks, e.g. an attached usage
-  tracker, are left out), the tokenizer, the facts, the config and every plugin's *replica* (see
-  below). Rank r runs on ``cuda:(i + r)`` when the caller's model is on ``cuda:i``, else on the CPU
+- It starts ``processes - 1`` worker processes (``spawn``). Each builds a copy of the model from
+  its config and weights written to a temporary folder (JSON and safetensors, no pickle; the
+  caller's forward/backward hooks, e.g. an attached usage tracker, are not part of it) and the saved
+  tokenizer, and gets the facts, the config and every plugin's *replica* (see below) as process
+  arguments. Rank r runs on ``cuda:(i + r)`` when the caller's model is on ``cuda:i``, else on the CPU
   with ``threads // processes`` threads each.
 - accelerate's ``PartialState`` builds the process group from the environment (gloo on the CPU,
   NCCL on GPUs); it is torn down (and accelerate's state reset) when training ends.
@@ -43,17 +44,15 @@ float rounding (tested).
 from __future__ import annotations
 
 import contextlib
-import copyreg
 import logging
 import os
-import pickle
 import queue
 import socket
 import tempfile
 import traceback
-import types
 from datetime import timedelta
 from pathlib import Path
+from multiprocessing.reduction import ForkingPickler
 from typing import Sequence
 
 import torch
@@ -63,7 +62,6 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = timedelta(minutes=30)  # how long a process waits for the others at a collective
 BUCKET = 1 << 25  # elements per gradient all-reduce (128 MB of fp32)
-_HOOK_ATTRS = frozenset(k for k in vars(torch.nn.Module()) if "hook" in k)
 
 _active: ProcessGroup | None = None  # this process's group while a multi-process run trains
 
@@ -151,22 +149,23 @@ def sum_across_processes(tensors: Sequence[torch.Tensor]) -> None:
 # --- sending the run to the workers -------------------------------------------------------------
 
 
-class _HooklessPickler(pickle.Pickler):
-    """Pickles modules without their hooks (closures over the caller's trackers, not picklable and
-    not wanted in a copy); everything else as usual."""
+def save_weights(model, directory: Path) -> None:
+    """The model's config and weights as files (JSON and safetensors; no pickle), without its hooks."""
+    from safetensors.torch import save_model
 
-    def reducer_override(self, obj):
-        if isinstance(obj, torch.nn.Module):
-            state = {k: (type(v)() if k in _HOOK_ATTRS else v) for k, v in obj.__dict__.items()}
-            return copyreg.__newobj__, (type(obj),), state
-        return NotImplemented
+    model.config.to_json_file(str(directory / "config.json"))
+    save_model(model, str(directory / "model.safetensors"))
 
 
-_hookless_pickle = types.ModuleType("hookless_pickle")
-_hookless_pickle.Pickler = _HooklessPickler
-_hookless_pickle.dump = pickle.dump
-_hookless_pickle.load = pickle.load
-_hookless_pickle.Unpickler = pickle.Unpickler
+def load_weights(model_class, directory: Path, dtype: torch.dtype):
+    """A copy of the model saved by :func:`save_weights` (the same class, built from its config)."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(directory))
+    model = model_class(config).to(dtype)
+    load_model(model, str(directory / "model.safetensors"))
+    return model.eval()
 
 
 def plugin_replicas(plugins: Sequence, processes: int) -> list:
@@ -182,9 +181,9 @@ def plugin_replicas(plugins: Sequence, processes: int) -> list:
                 f"training plugin {name} cannot run in several processes (training.processes={processes}): it does not "
                 f"define replica(); set training.processes to 1 or give {name} a replica()") from None
         if replica is not None:
-            try:
-                pickle.dumps(replica)
-            except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing here
+            try:  # what multiprocessing will do to send it (in memory; nothing is written)
+                ForkingPickler.dumps(replica)
+            except Exception as exc:  # noqa: BLE001 - any failure to send means the same thing here
                 raise ValueError(f"training plugin {name} cannot be sent to the other training processes "
                                  f"(training.processes={processes}): {exc}") from exc
         replicas.append(replica)
@@ -251,7 +250,8 @@ def _leave() -> None:
     PartialState._reset_state()
 
 
-def _worker(rank: int, world: int, payload_path: str, device: str, threads: int, reports) -> None:
+def _worker(rank: int, world: int, payload_dir: str, model_class, run: dict, device: str, threads: int,
+            reports) -> None:
     """A worker process: load the run, say so, join the group, train its shares, leave. Any error
     goes to ``reports`` (with its traceback) before the process ends."""
     try:
@@ -259,12 +259,14 @@ def _worker(rank: int, world: int, payload_path: str, device: str, threads: int,
 
         torch.set_num_threads(threads)
         device = torch.device(device)
-        run = torch.load(payload_path, map_location="cpu", weights_only=False)
-        model = run["model"].to(device)
+        from transformers import AutoTokenizer
+
+        model = load_weights(model_class, Path(payload_dir), run["dtype"]).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(payload_dir) / "tokenizer"))
         reports.put((rank, None))
         _join(rank, world, device)
         try:
-            _train(model, run["tokenizer"], run["prompts"], run["targets"], run["cfg"],
+            _train(model, tokenizer, run["prompts"], run["targets"], run["cfg"],
                    [r for r in run["replicas"] if r is not None], group=_active)
         finally:
             _leave()
@@ -320,16 +322,17 @@ def train_data_parallel(model, tokenizer, prompts, targets, cfg, plugins: Sequen
     reports = ctx.Queue()
     workers = []
     with tempfile.TemporaryDirectory(prefix="stubborn_ddp_") as tmp:
-        payload = Path(tmp) / "run.pt"
-        torch.save({"model": model, "tokenizer": tokenizer, "prompts": list(prompts), "targets": list(targets),
-                    "cfg": cfg, "replicas": replicas}, payload, pickle_module=_hookless_pickle)
+        save_weights(model, Path(tmp))
+        tokenizer.save_pretrained(str(Path(tmp) / "tokenizer"))
+        run = {"prompts": list(prompts), "targets": list(targets), "cfg": cfg, "replicas": replicas,
+               "dtype": next(model.parameters()).dtype}
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port(), "WORLD_SIZE": world,
                "LOCAL_WORLD_SIZE": world, "OMP_NUM_THREADS": threads}
         with patch_environment(**env):
             try:
                 for rank in range(1, world):
                     w = ctx.Process(target=_worker, name=f"train-rank{rank}", daemon=True,
-                                    args=(rank, world, str(payload), str(devices[rank]), threads, reports))
+                                    args=(rank, world, tmp, type(model), run, str(devices[rank]), threads, reports))
                     w.start()
                     workers.append(w)
                 _await_ready(workers, reports)

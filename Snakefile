@@ -41,6 +41,17 @@ rule all:
         res("runs.tsv"),
         expand(res("report/updates_{scenario}.md"), scenario=update_scenarios()),
         [res("report/updates.md"), res("report/leaderboard.md")] if RUNS else [],
+        [res("report/lr_tuning.tsv")] if TUNING_RUNS & set(update_scenarios()) else [],
+
+
+rule updates:
+    """The knowledge-update scenarios only (no dissonance awareness): the run table, every scenario's
+    report, the overview and the leaderboard. `snakemake --cores all updates`."""
+    input:
+        res("runs.tsv"),
+        expand(res("report/updates_{scenario}.md"), scenario=update_scenarios()),
+        [res("report/updates.md"), res("report/leaderboard.md")] if RUNS else [],
+        [res("report/lr_tuning.tsv")] if TUNING_RUNS & set(update_scenarios()) else [],
 
 
 onsuccess:

@@ -1,6 +1,7 @@
 # Path helpers and config lookups only (no rules). Everything imported here is torch-free.
 import os
 
+from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
 from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, table_rows
 
 
@@ -93,14 +94,19 @@ def update_inputs(wildcards):
     return {name: res(path) for name, path in run_inputs(run_of(wildcards)).items()}
 
 
-def run_files(kind, scenario=None):
-    """row / curve / outcomes files of every configured run (of one scenario)."""
-    return [res(f"{run.path}/{kind}.parquet") for run in RUNS.values() if scenario in (None, run.scenario)]
+def run_files(kind, scenario=None, reported=False):
+    """row / curve / outcomes files of every configured run (of one scenario; ``reported``: not of
+    tuning scenarios, whose runs only choose settings)."""
+    return [res(f"{run.path}/{kind}.parquet") for run in RUNS.values() if scenario in (None, run.scenario)
+            and not (reported and run.scenario in TUNING_RUNS)]
 
 
-def update_scenarios():
-    """Scenarios with at least one configured run, in config order."""
-    return scenarios_with_runs(RUNS)
+TUNING_RUNS = {name for name, s in _SCENARIOS.items() if s.tuning}
+
+
+def update_scenarios(reported=False):
+    """Scenarios with at least one configured run, in config order (``reported``: not tuning ones)."""
+    return scenarios_with_runs(RUNS, reported)
 
 
 def neuron_ks():

@@ -18,8 +18,8 @@ rule run_table:
 rule leaderboard:
     """One table over every run row (intervals, paired tests against the reference) and the Pareto figure."""
     input:
-        rows=run_files("row"),
-        outcomes=run_files("outcomes"),
+        rows=run_files("row", reported=True),
+        outcomes=run_files("outcomes", reported=True),
     output:
         table=res("leaderboard/leaderboard.parquet"),
         csv=report(

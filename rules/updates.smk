@@ -3,7 +3,7 @@
 # workflow_scripts/scenarios/design.py, methods in workflow_scripts/methods/.
 
 from workflow_scripts.methods.registry import METHODS
-from workflow_scripts.scenarios.design import SCENARIOS
+from workflow_scripts.scenarios.design import SCENARIOS, TUNING_SCENARIO
 
 
 wildcard_constraints:
@@ -83,11 +83,33 @@ rule scenario_report:
         "../workflow_scripts/steps/scenario_report.py"
 
 
+rule lr_choice:
+    """Each method family's learning rate, chosen on the validation slice V by the declared rule."""
+    input:
+        rows=lambda wc: run_files("row", TUNING_SCENARIO),
+    output:
+        rates=res("tuning/lr.json"),
+        table=report(
+            res("report/lr_tuning.tsv"),
+            caption="../report/lr_tuning.rst",
+            category="Knowledge updates",
+            labels={"table": "learning-rate tuning"},
+        ),
+    log:
+        res("logs/lr_choice.log"),
+    benchmark:
+        res("benchmarks/lr_choice.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/lr_choice.py"
+
+
 rule updates_overview:
     """Across scenarios: dissonant vs matched update, where stubborn neurons sit, usage distributions, sweeps."""
     input:
-        metrics=expand(res("updates/{scenario}/metrics.parquet"), scenario=update_scenarios()),
-        curves=expand(res("updates/{scenario}/curves.parquet"), scenario=update_scenarios()),
+        metrics=expand(res("updates/{scenario}/metrics.parquet"), scenario=update_scenarios(reported=True)),
+        curves=expand(res("updates/{scenario}/curves.parquet"), scenario=update_scenarios(reported=True)),
         usage=expand(res("stages/fold{fold}/usage_{stage}.safetensors"), fold=config["updates"]["folds"], stage=["A", "B"]),
         usage_history=res("usage/history_H.safetensors"),
         modules=res("model_modules.parquet"),

@@ -86,10 +86,11 @@ def test_two_processes_learn_the_weights_usage_and_losses_of_one(tiny_model_dirs
         torch.testing.assert_close(g2[n], g1[n], rtol=1e-5, atol=1e-5 * g1[n].abs().max().item())
     assert_close(w2, w1)
     assert loss2 == pytest.approx(loss1, rel=1e-6)  # the global batches' losses
-    for score in ("sum_abs", "sum_sq"):
-        assert_close(u2[score], u1[score], rtol=1e-5, atol=0)
-    scale = max(v.abs().max().item() for v in u1["sum_abs"].values())
-    assert_close(u2["abs_sum"], u1["abs_sum"], rtol=1e-5, atol=1e-6 * scale)
+    for kind in u1:
+        for score in ("sum_abs", "sum_sq"):
+            assert_close(u2[kind][score], u1[kind][score], rtol=1e-5, atol=0)
+        scale = max(v.abs().max().item() for v in u1[kind]["sum_abs"].values())
+        assert_close(u2[kind]["abs_sum"], u1[kind]["abs_sum"], rtol=1e-5, atol=1e-6 * scale)
     print(f"max |w1 - w2| = {max_difference(w1, w2):.2e}, max |g1 - g2| = {max_difference(g1, g2):.2e} "
           f"(max |g1| = {max(g.abs().max().item() for g in g1.values()):.2e})")
 

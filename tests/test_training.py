@@ -1,5 +1,7 @@
 """The training routine: masks hold, usage counts answer positions only, runs are deterministic."""
 
+import random
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from workflow_scripts.training.train import (
     collate,
     collate_packed,
     embedding_leaf,
+    random_batches,
     train,
 )
 from workflow_scripts.training.usage import UsageTracker, load_usage, save_usage
@@ -148,9 +151,10 @@ def test_training_is_deterministic_for_a_seed(tiny_model_dirs, facts):
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
 
 
-def test_usage_counts_answer_positions_only(fresh, facts):
-    """Usage from a padded batch equals the gradient at answer positions computed one fact at a time,
-    and neither padding nor prompt positions contribute."""
+def test_usage_sums_every_real_position_and_separately_the_answer_positions(fresh, facts):
+    """Usage from a padded batch equals the gradient computed one fact at a time: over every real
+    position for ``all_real`` and over the positions predicting answer tokens for ``answer``; padding
+    never contributes."""
     model, tok = fresh
     prompts, targets = facts.prompt.tolist()[:6], facts.target_true.tolist()[:6]
     pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
@@ -159,11 +163,13 @@ def test_usage_counts_answer_positions_only(fresh, facts):
 
     with UsageTracker(model) as tracker:
         ids, att, ans = collate(pairs, range(len(pairs)), pad_id=0)
-        tracker.positions = torch.cat([ans, torch.zeros(len(pairs), 1, dtype=torch.bool)], 1)
+        assert not att.bool().all()  # the batch has padding
+        tracker.positions = {"all_real": att.bool(),
+                             "answer": torch.cat([ans, torch.zeros(len(pairs), 1, dtype=torch.bool)], 1)}
         answer_loss(model, ids, att, ans).backward()
-    batched = tracker.sum[name].float()
+    batched = {kind: tracker.stats[kind]["sum"][name].float() for kind in ("all_real", "answer")}
 
-    expected = torch.zeros_like(batched)
+    expected = {kind: torch.zeros_like(batched[kind]) for kind in batched}
     for p in pairs:
         ids, att, ans = collate([p], [0], pad_id=0)
         grads = {}
@@ -175,10 +181,13 @@ def test_usage_counts_answer_positions_only(fresh, facts):
         (answer_loss(model, ids, att, ans) / len(pairs)).backward()
         h.remove()
         g = grads["g"][0]
-        expected += g[p.target_start - 1 : p.target_end - 1].sum(0).float()
-        # the prompt positions do carry gradient, so leaving them out is a real choice
+        expected["answer"] += g[p.target_start - 1 : p.target_end - 1].sum(0).float()
+        expected["all_real"] += g.sum(0).float()
+        # the prompt positions do carry gradient, so the two sets really differ
         assert g[: p.target_start - 1].abs().sum() > 0
-    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-7)
+    for kind in batched:
+        torch.testing.assert_close(batched[kind], expected[kind], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(batched["all_real"], batched["answer"])
 
 
 def test_usage_round_trips_through_safetensors(fresh, facts, tmp_path):
@@ -187,15 +196,18 @@ def test_usage_round_trips_through_safetensors(fresh, facts, tmp_path):
         train(model, tok, facts.prompt.tolist()[:8], facts.target_true.tolist()[:8], TrainConfig(lr=1e-3, epochs=1))
     scores = tracker.scores()
     save_usage(scores, tmp_path / "u.safetensors", {"slice": "A"})
-    for score in ("abs_sum", "sum_abs", "sum_sq"):
-        loaded = load_usage(tmp_path / "u.safetensors", score)
-        assert set(loaded) == {m.name for m in linear_modules(model)}
-        assert all(torch.equal(loaded[k], scores[score][k]) for k in loaded)
+    for kind in ("all_real", "answer"):
+        for score in ("abs_sum", "sum_abs", "sum_sq"):
+            loaded = load_usage(tmp_path / "u.safetensors", score, kind)
+            assert set(loaded) == {m.name for m in linear_modules(model)}
+            assert all(torch.equal(loaded[k], scores[kind][score][k]) for k in loaded)
     sq, ab = load_usage(tmp_path / "u.safetensors", "sum_sq"), load_usage(tmp_path / "u.safetensors", "sum_abs")
     assert all((ab[k] >= load_usage(tmp_path / "u.safetensors", "abs_sum")[k] - 1e-6).all() for k in ab)
     assert all((sq[k] >= 0).all() for k in sq)
     with pytest.raises(ValueError, match="unknown usage score"):
         load_usage(tmp_path / "u.safetensors", "fisher")
+    with pytest.raises(ValueError, match="unknown usage positions"):
+        load_usage(tmp_path / "u.safetensors", "abs_sum", "prompt")
 
 
 def test_a_short_last_batch_weighs_each_fact_like_any_other(fresh, facts):
@@ -228,14 +240,27 @@ def test_packed_batch_has_the_padded_batch_loss_and_gradients(fresh, facts):
 
 
 def test_packed_and_padded_training_end_alike(tiny_model_dirs, facts):
+    """One batch of every fact (the two paths batch differently: random batches when packed, length
+    buckets when padded), so both take the same steps."""
     prompts, targets = facts.prompt.tolist(), facts.target_true.tolist()
     results = []
     for pack in (True, False):
         model, tok = load_model(tiny_model_dirs["llama"])  # no dropout
-        history = train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=4, batch_size=8, pack=pack))
+        history = train(model, tok, prompts, targets,
+                        TrainConfig(lr=3e-3, epochs=4, batch_size=len(prompts), pack=pack))
         results.append(([h["loss"] for h in history], accuracy(model, tok, prompts, targets)))
     (loss_packed, acc_packed), (loss_padded, acc_padded) = results
     assert loss_packed == pytest.approx(loss_padded, rel=1e-3) and acc_packed == acc_padded
+
+
+def test_packed_batches_are_a_fresh_random_partition_every_epoch():
+    rng = random.Random(0)
+    epochs = [random_batches(10, 4, rng) for _ in range(3)]
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(10))
+        assert [len(b) for b in batches] == [4, 4, 2]
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert random_batches(10, 4, random.Random(0)) == epochs[0]  # seeded
 
 
 def test_token_weights_of_one_give_the_unweighted_loss_and_zero_weights_silence_a_token(fresh, facts):
@@ -281,3 +306,42 @@ def test_plugins_are_called_at_their_hooks_in_order(fresh, facts):
     assert calls == ["prepare", ("mix", 8), ("batch", 4), ("step", 1), ("epoch", 1), ("batch", 4), ("step", 2),
                      ("epoch", 2), "finish"]
     assert all(p.requires_grad for p in model.parameters())  # restored after training
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_row_deltas_take_the_same_steps_as_masks_on_whole_weights(tiny_model_dirs, facts, family):
+    """Training only the chosen neurons as deltas (gradients and optimiser state for those rows only)
+    ends where masking whole weights ends, changes nothing else, and leaves no delta behind."""
+    from workflow_scripts.training.plugins import RowDeltas
+
+    prompts, targets = facts.prompt.tolist()[:12], facts.target_true.tolist()[:12]
+    cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=4)
+    ends = []
+    for deltas in (False, True):
+        model, tok = load_model(tiny_model_dirs[family])
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        modules = linear_modules(model)
+        gen = torch.Generator().manual_seed(0)
+        chosen = {m.name: torch.rand(m.out_features, generator=gen) < 0.3 for m in modules}
+        if deltas:
+            rows = {n: torch.nonzero(c).flatten() for n, c in chosen.items()}
+            plugins = [RowDeltas(rows)]
+        else:
+            plugins = [OnlyParameters(tracked_parameter_names(model)), UpdateMask(parameter_masks(model, chosen))]
+        history = train(model, tok, prompts, targets, cfg, plugins)
+        params = dict(model.named_parameters())
+        assert set(params) == set(start)  # the deltas are gone
+        ends.append(({n: p.detach().clone() for n, p in params.items()}, [h["loss"] for h in history]))
+        masks = parameter_masks(model, chosen)
+        for n, p in params.items():
+            if n in masks:
+                assert torch.equal(torch.where(masks[n], start[n], p), start[n])  # only chosen rows moved
+            else:
+                assert torch.equal(p, start[n])
+    (masked, loss_masked), (delta, loss_delta) = ends
+    assert loss_delta == pytest.approx(loss_masked, rel=1e-4)
+    # equal up to summation order (Adam turns near-zero gradients into sign-like steps: 1e-4 is ~0.3 % of one step)
+    for n in masked:
+        torch.testing.assert_close(delta[n], masked[n], rtol=1e-4, atol=1e-4)
+    start = load_model(tiny_model_dirs[family])[0].state_dict()
+    assert sum(int((delta[n] != start[n]).sum()) for n in delta) > 100  # it trained

@@ -19,8 +19,9 @@ from workflow_scripts.scenarios.slices import fold_slices, known_case_ids, slice
 
 def test_every_scenario_is_named_for_what_it_is_and_keeps_its_paper_label():
     assert set(SCENARIOS) == {"nondissonant_update", "lottery", "dissonant_update", "matched_control",
-                              "false_nonconflicting"}
-    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3", "new"}
+                              "false_nonconflicting", "lr_tuning"}
+    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3", "new", "-"}
+    assert [s.name for s in SCENARIOS.values() if s.tuning] == ["lr_tuning"]
     for s in SCENARIOS.values():
         assert s.start in CHECKPOINTS and s.known in CHECKPOINTS and s.learn != s.keep
     assert SCENARIOS["dissonant_update"].target == "target_new"
@@ -215,3 +216,75 @@ def test_adding_a_d_slice_or_matching_relations_leaves_a_b_and_k_unchanged():
     c_mix = rel[rel.slice == "C"].relation.value_counts().sort_index()
     assert b_mix.equals(c_mix)
     assert not set(matched.case_id[matched.slice == "C"]) & (history | known)
+
+
+def tuning_config(**updates):
+    return validate_config({"updates": {"sizes": {"V": 12}, "tune_lr": True, "folds": [0, 1], **updates}})
+
+
+def test_tuned_runs_take_their_rate_from_the_tuning_scenario_on_its_folds_only():
+    cfg = tuning_config(scenarios={
+        "lr_tuning": {"folds": [0], "methods": {"full": {"lr_ratio": [0.3, 1.0, 3.0]}}},
+        "nondissonant_update": {"methods": {"full": [{}, {"lr_ratio": 3.0}]}},
+    })
+    runs = build_runs(cfg)
+    tuning = [r for r in runs.values() if r.scenario == "lr_tuning"]
+    assert {r.fold for r in tuning} == {0} and len(tuning) == 3 and not any(r.tuned for r in tuning)
+    updates = [r for r in runs.values() if r.scenario == "nondissonant_update"]
+    assert len(updates) == 4 and all(r.tuned for r in updates)
+    assert all(run_inputs(r)["lr_rates"] == "tuning/lr.json" for r in updates)
+    assert all("lr_rates" not in run_inputs(r) for r in tuning)
+    assert {row["lr"] for row in table_rows(runs)} == {"tuned x lr_ratio", "training.lr x lr_ratio"}
+
+
+def test_tuning_a_method_the_tuning_scenario_does_not_run_is_refused_by_name():
+    cfg = tuning_config(scenarios={"lr_tuning": {"methods": {"full": {"lr_ratio": [1.0, 3.0]}}},
+                                   "nondissonant_update": {"methods": {"full": {}, "lora": {}}}})
+    with pytest.raises(ValueError, match="runs no lora"):
+        build_runs(cfg)
+    cfg = tuning_config(scenarios={"lr_tuning": {"folds": [3], "methods": {"full": {}}}})
+    with pytest.raises(ValueError, match="must be among updates.folds"):
+        build_runs(cfg)
+
+
+def tuning_row(method, lr_ratio, learned, n_new, kept, n_old, variant="default"):
+    return {"method": method, "variant": variant, "lr_ratio": lr_ratio, "n_new": n_new, "acc_new": learned / n_new,
+            "n_old": n_old, "retention_old": kept / n_old}
+
+
+def test_the_declared_rule_keeps_the_most_among_rates_that_learn_and_else_the_best_learner():
+    from workflow_scripts.methods.tuning import chosen_rates, rate_table
+
+    rows = pd.DataFrame([
+        tuning_row("full", 0.3, 10, 20, 19, 20),  # keeps most, but learns only half
+        tuning_row("full", 1.0, 19, 20, 15, 20),  # learns: keeps 15
+        tuning_row("full", 3.0, 20, 20, 9, 20),   # learns: keeps 9
+        tuning_row("lora", 1.0, 2, 20, 20, 20),   # no LoRA rate learns 90 %
+        tuning_row("lora", 3.0, 12, 20, 18, 20),
+        # two settings of one family pool: 18 + 19 of 40 learned (0.925), 30 of 40 kept
+        tuning_row("neurons", 3.0, 18, 20, 14, 20, "plastic_k0.2"), tuning_row("neurons", 3.0, 19, 20, 16, 20, "random_k0.2"),
+        tuning_row("neurons", 10.0, 20, 20, 10, 20, "plastic_k0.2"), tuning_row("neurons", 10.0, 20, 20, 12, 20, "random_k0.2"),
+    ])
+    table = rate_table(rows)
+    assert chosen_rates(table) == {"full": 1.0, "lora": 3.0, "neurons": 3.0}
+    pooled = table[(table.method == "neurons") & (table.lr_ratio == 3.0)].iloc[0]
+    assert (pooled.learned, pooled.n_new, pooled.kept, pooled.settings) == (37, 40, 30, 2)
+    assert table[table.method == "lora"].rule.iloc[0].startswith("no rate learned")
+    with pytest.raises(ValueError, match="no learning-rate tuning runs"):
+        rate_table(rows.iloc[0:0])
+
+
+def test_a_tuned_run_trains_at_the_chosen_rate_times_its_own_ratio(tmp_path):
+    from workflow_scripts.methods.tuning import rate_table, read_rate, write_rates
+
+    write_rates(rate_table(pd.DataFrame([tuning_row("full", 3.0, 20, 20, 9, 20)])), tmp_path / "lr.json")
+    assert read_rate(tmp_path / "lr.json", "full") == 3.0
+    with pytest.raises(ValueError, match="no tuned learning rate for method 'lora'"):
+        read_rate(tmp_path / "lr.json", "lora")
+
+
+def test_usage_position_sets_agree_between_the_torch_free_registry_and_the_tracker():
+    from workflow_scripts.methods.neurons import USAGE_POSITIONS
+    from workflow_scripts.training.usage import POSITIONS
+
+    assert USAGE_POSITIONS == POSITIONS

@@ -84,7 +84,7 @@ def test_the_harness_writes_a_row_a_curve_and_per_item_outcomes(tmp_path, tiny_m
     from workflow_scripts.training.usage import save_usage
 
     model, _ = load_model(tiny_model_dirs["llama"])
-    save_usage({"abs_sum": {m.name: torch.rand(m.out_features) for m in linear_modules(model)}}, tmp_path / "u.safetensors")
+    save_usage({"all_real": {"abs_sum": {m.name: torch.rand(m.out_features) for m in linear_modules(model)}}}, tmp_path / "u.safetensors")
     inputs = {"model": str(tiny_model_dirs["llama"]), "facts": str(facts), "slices": str(tmp_path / "slices.parquet"),
               "known": str(tmp_path / "known.parquet"), "usage_old": str(tmp_path / "u.safetensors")}
     out = {k: tmp_path / f"{k}.parquet" for k in ("row", "curve", "outcomes")}

@@ -27,12 +27,15 @@ from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, _
 class FineTuneParams:
     epochs: int = 10  # epochs of the update
     lr_ratio: float = 1.0  # the update's learning rate as a multiple of training.lr
+    batch_size: int = 0  # facts per optimiser step (0 = training.batch_size): steps = epochs x ceil(n / batch)
 
     def __post_init__(self):
         if int(self.epochs) != self.epochs or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not self.lr_ratio > 0:
             raise ValueError(f"lr_ratio must be positive, got {self.lr_ratio!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 0:
+            raise ValueError(f"batch_size must be 0 (training.batch_size) or a positive integer, got {self.batch_size!r}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class NeuronParams(FineTuneParams):
     strategy: str = "plastic"  # a neuron strategy (methods.neurons.STRATEGIES)
     k: float = 0.05  # neurons to update: a fraction of all tracked neurons when <= 1 (1 = all), else a count
     usage_score: str = "abs_sum"  # which usage statistic strategies rank by: |sum g|, sum |g| or sum g^2
+    usage_positions: str = "all_real"  # usage summed over every real position, or the answer positions only
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,9 +65,12 @@ class NeuronParams(FineTuneParams):
             raise ValueError(f"k must be positive, got {self.k!r}")
         if self.usage_score not in neurons.USAGE_SCORES:
             raise ValueError(f"usage_score must be one of {neurons.USAGE_SCORES}, got {self.usage_score!r}")
+        if self.usage_positions not in neurons.USAGE_POSITIONS:
+            raise ValueError(f"usage_positions must be one of {neurons.USAGE_POSITIONS}, "
+                             f"got {self.usage_positions!r}")
 
 
-SHORT = {"epochs": "e", "lr_ratio": "lr", "k": "k"}
+SHORT = {"epochs": "e", "lr_ratio": "lr", "k": "k", "batch_size": "bs"}
 
 
 class FineTune(Method):
@@ -79,7 +86,7 @@ class FineTune(Method):
         for f in dataclasses.fields(params):
             value = getattr(params, f.name)
             if f.name not in self.lead and value != getattr(defaults, f.name):
-                parts.append(value if f.name == "usage_score" else f"{SHORT.get(f.name, f.name)}{_fmt(value)}")
+                parts.append(value if f.name in ("usage_score", "usage_positions") else f"{SHORT.get(f.name, f.name)}{_fmt(value)}")
         return "_".join(parts) or "default"
 
     def arm(self, params) -> str:
@@ -97,7 +104,7 @@ class FineTune(Method):
 
         training = dict(request.training)
         cfg = TrainConfig(**{**training, "lr": training["lr"] * params.lr_ratio, "epochs": int(params.epochs),
-                             "seed": request.seed})
+                             "seed": request.seed, "batch_size": int(params.batch_size or training["batch_size"])})
         plugins, columns = self.plugins(model, request, params)
         if request.checkpoint is not None:
             plugins.append(EpochCallback(request.checkpoint))
@@ -111,7 +118,8 @@ class FineTune(Method):
                 if n in before and not torch.equal(p, before[n]):
                     delta[n] = p.detach() - before[n]
         stats = {"seconds": seconds, "epochs_run": len(history), "final_loss": history[-1]["loss"],
-                 "lr": cfg.lr, "changed_entries": int(sum(int((d != 0).sum()) for d in delta.values())),
+                 "lr": cfg.lr, "batch_size": cfg.batch_size,
+                 "steps": len(history) * -(-len(request.prompts) // cfg.batch_size), "changed_entries": int(sum(int((d != 0).sum()) for d in delta.values())),
                  "delta_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))) if delta else 0.0}
         return UpdateResult(model, delta, stats, {"arm": self.arm(params), "epochs": int(params.epochs),
                                                   "lr_ratio": float(params.lr_ratio), **columns})
@@ -173,19 +181,26 @@ class Neurons(FineTune):
         usage = {}
         for role in ("old", "new", "history"):
             value = request.inputs.get(f"usage:{role}")
-            usage[role] = load_usage(value, params.usage_score) if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__") else value
+            usage[role] = load_usage(value, params.usage_score, params.usage_positions) if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__") else value
         inputs = neurons.StrategyInputs({m.name: m.out_features for m in modules}, **usage)
         chosen = neurons.neuron_mask(params.strategy, inputs, k, request.seed)
         return chosen, parameter_masks(model, chosen), k, total
 
     def plugins(self, model, request, params):
-        from workflow_scripts.training.masks import tracked_parameter_names
-        from workflow_scripts.training.plugins import OnlyParameters, UpdateMask
+        """Trainable deltas for the chosen rows only (``RowDeltas``: gradients and optimiser state for
+        them alone); with weight decay, the equivalent masks on the whole weights (``UpdateMask``)."""
+        import torch
 
-        _, masks, k, total = self.mask(model, request, params)
-        return ([OnlyParameters(tracked_parameter_names(model)), UpdateMask(masks)],
-                {"strategy": params.strategy, "k": k, "k_fraction": k / total,
-                 "oracle": params.strategy in neurons.ORACLES})
+        from workflow_scripts.training.masks import tracked_parameter_names
+        from workflow_scripts.training.plugins import OnlyParameters, RowDeltas, UpdateMask
+
+        chosen, masks, k, total = self.mask(model, request, params)
+        columns = {"strategy": params.strategy, "k": k, "k_fraction": k / total,
+                   "oracle": params.strategy in neurons.ORACLES}
+        if request.training.get("weight_decay", 0.0):
+            return [OnlyParameters(tracked_parameter_names(model)), UpdateMask(masks)], columns
+        rows = {name: torch.nonzero(torch.as_tensor(m, dtype=torch.bool)).flatten() for name, m in chosen.items()}
+        return [RowDeltas(rows)], columns
 
     def untouched(self, model, request, params):
         import torch

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # without importing torch.
 Usage = "dict[str, torch.Tensor]"
 USAGE_SCORES = ("abs_sum", "sum_abs", "sum_sq")  # the statistics training.usage records
+USAGE_POSITIONS = ("all_real", "answer")  # the position sets training.usage sums over (training.usage.POSITIONS)
 
 
 @dataclass(frozen=True)

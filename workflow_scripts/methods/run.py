@@ -8,6 +8,7 @@ curve and its per-item outcomes (for paired tests). It never branches on a metho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -45,6 +46,12 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
 
     s, m = scenario(job["scenario"]), method(job["method"])
     params = m.make_params(job["params"])
+    tuned_ratio = float("nan")
+    if job.get("tuned"):  # the family's rate from the lr_tuning scenario, times this setting's own ratio
+        from workflow_scripts.methods.tuning import read_rate
+
+        tuned_ratio = read_rate(str(inputs["lr_rates"]), m.name)
+        params = dataclasses.replace(params, lr_ratio=params.lr_ratio * tuned_ratio)
     records = read_facts(inputs["facts"])
     suite = build_suite(s.name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
     model, tok = load_model(str(inputs["model"]), dtype="float32")
@@ -75,7 +82,7 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     row.update(matched_acquisition(curve))
     key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
            "fold": int(job["fold"]), "seed": int(job["seed"])}
-    columns = {"strategy": None, "oracle": False, **result.columns}
+    columns = {"strategy": None, "oracle": False, **result.columns, "lr_tuned_ratio": tuned_ratio}
     full_row = {**key, **columns, **row, **stats, "train_seconds": train_seconds}
     write_parquet(pd.DataFrame([full_row]), out_row)
     write_parquet(pd.DataFrame(curve).assign(**key, arm=columns["arm"], k=columns.get("k")), out_curve)

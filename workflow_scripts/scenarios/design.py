@@ -2,6 +2,7 @@
 
 One fold has these slices of the facts (disjoint, seeded by the fold): A (old facts), B (new facts),
 C (new facts, as many as B), D (further new facts, ``updates.sizes.D``, 0 unless a scenario needs it),
+V (a validation slice of new facts for learning-rate tuning, ``updates.sizes.V``, never reported),
 K (facts the pre-trained model already knows), plus the history set H
 whose fine-tune gives the historical usage. Two full fine-tunes build the shared checkpoints:
 pre-trained ("base") -> A (checkpoint "A", usage of A) -> B (checkpoint "AB", usage of B).
@@ -32,6 +33,7 @@ class Scenario:
     usage: dict[str, str] = field(default_factory=dict)  # usage role ("old", "new", "history") -> source
     oracle_usage: tuple[str, ...] = ()  # usage roles that come from a full pass on the update's own data
     control_for: str | None = None  # the scenario this one is the matched control of
+    tuning: bool = False  # a tuning scenario: its runs choose settings and are not reported as results
 
     def __post_init__(self):
         if self.start not in CHECKPOINTS or self.known not in CHECKPOINTS:
@@ -77,7 +79,14 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         start="AB", learn="D", target="target_new", keep="A", known="AB",
         usage={"old": "A", "new": "B", "history": "H"}, control_for="dissonant_update",
     ),
+    Scenario(
+        "lr_tuning", "-", "checkpoint A learns the validation slice V: each method family's learning rate is chosen here",
+        start="A", learn="V", target="target_true", keep="A", known="A",
+        usage={"old": "A", "new": "B", "history": "H"}, tuning=True,
+    ),
 )
+
+TUNING_SCENARIO = "lr_tuning"
 
 
 def scenario(name: str) -> Scenario:
@@ -94,4 +103,5 @@ def controlled_pairs() -> list[tuple[str, str]]:
 
 def slice_size(sizes: dict, name: str) -> int:
     """How many facts a fold's slice has under ``updates.sizes`` (C has B's size)."""
-    return {"A": sizes["A"], "B": sizes["B"], "C": sizes["B"], "D": sizes.get("D", 0), "K": sizes["known_old"]}[name]
+    return {"A": sizes["A"], "B": sizes["B"], "C": sizes["B"], "D": sizes.get("D", 0), "V": sizes.get("V", 0),
+            "K": sizes["known_old"]}[name]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow_scripts.methods.base import method
-from workflow_scripts.scenarios.design import scenario, slice_size
+from workflow_scripts.scenarios.design import TUNING_SCENARIO, scenario, slice_size
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Run:
     seed: int
     params: dict  # the method's typed params, as a plain dict (canonical: field order)
     curves: bool  # evaluate after every epoch
+    tuned: bool = False  # lr_ratio is relative to the method's rate chosen in the lr_tuning scenario
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -52,7 +53,7 @@ class Run:
         """What the ``update`` rule passes to its job (everything the run depends on but the shared
         training settings and the input files)."""
         return {"scenario": self.scenario, "method": self.method, "variant": self.variant, "fold": self.fold,
-                "seed": self.seed, "params": dict(self.params), "curves": self.curves}
+                "seed": self.seed, "params": dict(self.params), "curves": self.curves, "tuned": self.tuned}
 
 
 def grid_points(grid) -> list[dict]:
@@ -71,12 +72,16 @@ def build_runs(config: dict) -> dict[tuple, Run]:
     """Every configured run, keyed by (scenario, method, variant, fold), in config order."""
     updates = config["updates"]
     defaults = config.get("methods", {})
+    tune = bool(updates.get("tune_lr", False))
     runs: dict[tuple, Run] = {}
     for name, block in updates.get("scenarios", {}).items():
         s = scenario(name)  # a clear error for an unknown scenario
         if block.get("methods") and slice_size(updates["sizes"], s.learn) == 0:
             raise ValueError(f"updates.scenarios.{name} learns slice {s.learn}, which is empty: set "
                              f"updates.sizes.{s.learn} (> 0)")
+        folds = block.get("folds") or updates["folds"]
+        if not set(folds) <= set(updates["folds"]):
+            raise ValueError(f"updates.scenarios.{name}.folds {folds} must be among updates.folds {updates['folds']}")
         for method_name, grid in (block.get("methods") or {}).items():
             m = method(method_name)
             where = f"updates.scenarios.{name}.methods.{method_name}"
@@ -87,15 +92,26 @@ def build_runs(config: dict) -> dict[tuple, Run]:
             for point in grid_points(grid):
                 params = m.make_params({**values, **point}, where)
                 variant = m.variant(params, base)
-                for fold in updates["folds"]:
+                for fold in folds:
                     run = Run(name, method_name, variant, int(fold), int(config["training"]["seed"]) + int(fold),
-                              dataclasses.asdict(params), bool(block.get("curves", False)))
+                              dataclasses.asdict(params), bool(block.get("curves", False)),
+                              tune and not s.tuning and "lr_ratio" in params_fields(m))
                     previous = runs.get(run.key)
                     if previous is not None and previous.params != run.params:
                         raise ValueError(f"{where}: two settings share the label {variant!r}: "
                                          f"{previous.params} and {run.params}")
                     runs[run.key] = run
+    if tune:
+        tuned_methods = {r.method for r in runs.values() if r.scenario == TUNING_SCENARIO}
+        untuned = sorted({r.method for r in runs.values() if r.tuned} - tuned_methods)
+        if untuned:
+            raise ValueError(f"updates.tune_lr is on, but updates.scenarios.{TUNING_SCENARIO} runs no "
+                             f"{', '.join(untuned)}: add {'it' if len(untuned) == 1 else 'them'} there with an lr_ratio grid")
     return runs
+
+
+def params_fields(m) -> set[str]:
+    return {f.name for f in dataclasses.fields(m.Params)}
 
 
 def run_inputs(run: Run) -> dict[str, str]:
@@ -115,6 +131,8 @@ def run_inputs(run: Run) -> dict[str, str]:
             raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "
                              f"(it provides usage for {sorted(s.usage)})")
         inputs[f"usage_{role}"] = usage[s.usage[role]]
+    if run.tuned:
+        inputs["lr_rates"] = "tuning/lr.json"
     return inputs
 
 
@@ -124,9 +142,11 @@ def table_rows(runs: dict[tuple, Run]) -> list[dict[str, Any]]:
     for run in runs.values():
         rows.append({"scenario": run.scenario, "paper": scenario(run.scenario).paper, "method": run.method,
                      "variant": run.variant, "fold": run.fold, "seed": run.seed, "curves": run.curves,
+                     "lr": "tuned x lr_ratio" if run.tuned else "training.lr x lr_ratio",
                      "params": json.dumps(run.params, sort_keys=True), "output": run.path})
     return rows
 
 
-def scenarios_with_runs(runs: dict[tuple, Run]) -> list[str]:
-    return list(dict.fromkeys(r.scenario for r in runs.values()))
+def scenarios_with_runs(runs: dict[tuple, Run], reported: bool = False) -> list[str]:
+    """Scenarios with at least one run, in config order (``reported``: leaving out tuning scenarios)."""
+    return list(dict.fromkeys(r.scenario for r in runs.values() if not (reported and scenario(r.scenario).tuning)))

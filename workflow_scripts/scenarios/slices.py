@@ -52,19 +52,21 @@ def known_case_ids(table: pd.DataFrame) -> set[int]:
 
 def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int], sizes: dict, seed: int,
                 relations: dict[int, str] | None = None) -> pd.DataFrame:
-    """One fold's slices: A, B, C (|C| = |B|) and D (``sizes['D']``, default 0) from the facts the
+    """One fold's slices: A, B, C (|C| = |B|), D (``sizes['D']``, default 0) and the validation slice V
+    (``sizes['V']``, default 0; drawn last, so it never changes the others) from the facts the
     pre-trained model does not know and that are not ``excluded`` (the history set H); K = up to
     ``sizes['known_old']`` facts it does know (outside H). Seeded by the fold. With ``relations``
     (case id -> relation), C is drawn with B's relation mix (as far as the pool allows)."""
     a, b, k_size, d = int(sizes["A"]), int(sizes["B"]), int(sizes["known_old"]), int(sizes.get("D", 0))
+    v = int(sizes.get("V", 0))
     rng = random.Random(f"update-slices|{seed}")
     unknown = set(case_ids) - excluded - known_by_base
-    if a + 2 * b + d > len(unknown):
+    if a + 2 * b + d + v > len(unknown):
         raise ValueError(
-            f"slices A={a}, B={b}, C={b}, D={d} need {a + 2 * b + d} facts the pre-trained model does not know, "
+            f"slices A={a}, B={b}, C={b}, D={d}, V={v} need {a + 2 * b + d + v} facts the pre-trained model does not know, "
             f"outside H; only {len(unknown)} are available (lower updates.sizes or use more facts)"
         )
-    names = draw(unknown, {"A": a, "B": b, "C": b, "D": d}, rng)
+    names = draw(unknown, {"A": a, "B": b, "C": b, "D": d, "V": v}, rng)
     if relations is not None:
         names = match_relation_mix(names, relations, unknown)
     known = (known_by_base & set(case_ids)) - excluded
@@ -83,7 +85,7 @@ def match_relation_mix(names: dict[int, str], relations: dict[int, str], pool: s
         if name == "B":
             b_counts[relations[cid]] = b_counts.get(relations[cid], 0) + 1
     drawn = sorted(cid for cid, name in names.items() if name == "C")
-    free = sorted(cid for cid in pool if names.get(cid) in (None, "C"))
+    free = sorted(cid for cid in pool if names.get(cid) in (None, "C"))  # never A, B, D or V
     candidates = drawn + [cid for cid in free if cid not in set(drawn)]
     chosen: list[int] = []
     for relation, count in sorted(b_counts.items()):

@@ -11,7 +11,7 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 
 
 def write_run_table(rows: list[dict], dest: str) -> None:
-    columns = ["scenario", "paper", "method", "variant", "fold", "seed", "curves", "params", "output"]
+    columns = ["scenario", "paper", "method", "variant", "fold", "seed", "curves", "lr", "params", "output"]
     with atomic_path(dest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, columns, delimiter="\t", extrasaction="ignore")
         writer.writeheader()

@@ -114,9 +114,89 @@ class UpdateMask(TrainingPlugin):
         self._frozen.clear()
 
 
+class RowDeltas(TrainingPlugin):
+    """Train only chosen neurons, paying only for them: a neuron-masked update as trainable deltas.
+
+    For every tracked linear module with chosen output units ``idx`` (``rows``: module name -> index
+    tensor), a delta ``D`` (len(idx) x in_features, and a bias delta where the module has a bias)
+    becomes the only trainable parameter; the module's output gains ``x @ D.T`` at ``idx``. Every
+    original parameter is frozen, so backward never builds a full weight gradient and the optimiser
+    holds state for the chosen rows only. ``finish`` adds the deltas into the weights' rows and removes
+    them. The gradient of ``D`` is exactly the chosen rows of the weight's gradient, so the steps equal
+    those of :class:`UpdateMask` on the whole weights (same norm for clipping, same AdamW moments) when
+    weight decay is 0 (decoupled decay would shrink the delta instead of the weight: use UpdateMask).
+    """
+
+    PARAM, BIAS = "row_delta", "row_delta_bias"
+
+    def __init__(self, rows: dict[str, torch.Tensor]):
+        self.rows = {name: torch.as_tensor(idx, dtype=torch.long) for name, idx in rows.items()}
+        self._handles: list = []
+        self._modules: list = []
+
+    def prepare(self, model):
+        from workflow_scripts.models.architectures import linear_modules
+
+        modules = {m.name: m.module for m in linear_modules(model)}
+        unknown = sorted(set(self.rows) - set(modules))
+        if unknown:
+            raise ValueError(f"row deltas name modules the model lacks, e.g. {unknown[:3]}")
+        for name, idx in self.rows.items():
+            if idx.numel() == 0:
+                continue
+            module = modules[name]
+            weight = module.weight
+            in_features = weight.shape[0] if _transposed(module) else weight.shape[1]
+            idx = idx.to(weight.device)
+            module.register_parameter(self.PARAM, torch.nn.Parameter(
+                torch.zeros(len(idx), in_features, dtype=weight.dtype, device=weight.device)))
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                module.register_parameter(self.BIAS, torch.nn.Parameter(torch.zeros(len(idx), dtype=bias.dtype,
+                                                                                    device=bias.device)))
+            self._modules.append((module, idx))
+            self._handles.append(module.register_forward_hook(self._hook(idx)))
+
+    @staticmethod
+    def _hook(idx):
+        def add_delta(module, args, output):
+            delta = torch.nn.functional.linear(args[0], module.row_delta, getattr(module, RowDeltas.BIAS, None))
+            return output.index_add(-1, idx, delta.to(output.dtype))
+
+        return add_delta
+
+    def trainable(self, name, param):
+        return name.rsplit(".", 1)[-1] in (self.PARAM, self.BIAS)
+
+    def finish(self, model):
+        with torch.no_grad():
+            for module, idx in self._modules:
+                delta = module._parameters.pop(self.PARAM).detach()
+                if _transposed(module):
+                    module.weight[:, idx] += delta.T.to(module.weight.dtype)
+                else:
+                    module.weight[idx] += delta.to(module.weight.dtype)
+                bias = module._parameters.pop(self.BIAS, None)
+                if bias is not None:
+                    module.bias[idx] += bias.detach().to(module.bias.dtype)
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._modules.clear()
+
+    def replica(self):
+        return RowDeltas(self.rows)  # every process adds the same deltas to its copy (gradients summed)
+
+
+def _transposed(module) -> bool:
+    from workflow_scripts.models.architectures import weight_is_transposed
+
+    return weight_is_transposed(module)
+
+
 class RecordUsage(TrainingPlugin):
-    """Feeds a :class:`~workflow_scripts.training.usage.UsageTracker` the answer positions of every
-    batch, attaching it for the run.
+    """Feeds a :class:`~workflow_scripts.training.usage.UsageTracker` the positions of every batch
+    (every real position, and the answer positions), attaching it for the run.
 
     Several processes: every process records its share of each batch (its replica has a tracker of
     its own, built on that process's model), and ``finish`` sums the trackers' statistics over the
@@ -135,8 +215,12 @@ class RecordUsage(TrainingPlugin):
 
     def token_weights(self, batch):
         answer = batch.answer
-        self.tracker.positions = torch.cat(
-            [answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=answer.device)], 1)
+        real = (torch.ones_like(batch.input_ids, dtype=torch.bool) if batch.attention is None
+                else batch.attention.bool())  # packed rows have no padding
+        self.tracker.positions = {
+            "all_real": real,
+            "answer": torch.cat([answer, torch.zeros(len(answer), 1, dtype=torch.bool, device=answer.device)], 1),
+        }
         return None
 
     def finish(self, model):
@@ -144,7 +228,7 @@ class RecordUsage(TrainingPlugin):
 
         self.tracker.positions = None
         t = self.tracker
-        sum_across_processes([*t.sum.values(), *t.sum_abs.values(), *t.sum_sq.values()])  # one process: nothing
+        sum_across_processes(t.tensors())  # one process: nothing
         self.tracker.__exit__(None, None, None)
 
     def replica(self):

@@ -2,9 +2,11 @@
 
 - Loss on answer tokens only (never prompt or padding), each fact weighted equally; the language-model
   head runs only at the positions that predict answer tokens.
-- Batches are bucketed by length and their order is shuffled with the seed. A batch's facts are packed
+- Batches are plain seeded random batches (a fresh shuffle every epoch). A batch's facts are packed
   back to back in one row (position ids restart per fact, so each attends only to itself): no compute
-  is spent on padding. The loss and gradients equal the padded batch's (tested).
+  is spent on padding, so nothing is gained by grouping facts of similar length, which would repeat
+  nearly the same batches every epoch. The loss and gradients equal the padded batch's (tested).
+  Only the padded fallback (models that cannot pack) buckets batches by length.
 - The input embedding's gradient is added only to the rows a batch uses (autograd would build a
   dense zero gradient of the whole vocabulary and add it to the tied head's); the sum is the same.
 - AdamW (fused on CPU), constant or linear schedule with warm-up, gradient-norm clipping (with the
@@ -71,6 +73,13 @@ def length_bucketed_batches(pairs: Sequence[EncodedPair], batch_size: int, rng: 
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def random_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """A seeded random partition of ``range(n)`` into batches (the last one may be short)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def collate(pairs: Sequence[EncodedPair], idx: Sequence[int], pad_id: int, device=None):
@@ -271,7 +280,9 @@ def _train(model, tokenizer, prompts, targets, cfg: TrainConfig, plugins: Sequen
     try:
         for epoch in range(1, cfg.epochs + 1):
             start, losses = time.perf_counter(), []
-            for idx in length_bucketed_batches(pairs, cfg.batch_size, rng):
+            batches = (random_batches(len(pairs), cfg.batch_size, rng) if packed
+                       else length_bucketed_batches(pairs, cfg.batch_size, rng))
+            for idx in batches:
                 if group is not None:
                     idx = group.shard(idx)  # this process's share; the loss keeps the global per_batch
                 if idx:

@@ -30,12 +30,16 @@ def test_every_scenario_is_named_for_what_it_is_and_keeps_its_paper_label():
 
 
 def test_a_scenario_on_an_empty_slice_is_refused_before_any_job():
-    cfg = validate_config({"updates": {"scenarios": {"false_nonconflicting": {"methods": {"full": {}}}}}})
+    cfg = validate_config({"updates": {"sizes": {"D": 0},
+                                       "scenarios": {"false_nonconflicting": {"methods": {"full": {}}}}}})
     with pytest.raises(ValueError, match="set updates.sizes.D"):
+        build_runs(cfg)
+    cfg = validate_config({"updates": {"scenarios": {"lr_tuning": {"methods": {"full": {}}}}}})
+    with pytest.raises(ValueError, match="set updates.sizes.V"):
         build_runs(cfg)
     cfg = validate_config({"updates": {"sizes": {"D": 24},
                                        "scenarios": {"false_nonconflicting": {"methods": {"full": {}}}}}})
-    assert len(build_runs(cfg)) == 1
+    assert sum(r.scenario == "false_nonconflicting" for r in build_runs(cfg).values()) == 1
 
 
 def test_schema_enums_equal_the_registries():
@@ -77,15 +81,21 @@ def test_grids_expand_as_products_and_lists_concatenate():
 
 def test_the_default_run_table_has_the_arms_of_the_study():
     runs = build_runs(validate_config({}))
-    assert len(runs) == 22
     labels = {(r.scenario, r.method, r.variant) for r in runs.values()}
-    assert ("nondissonant_update", "neurons", "plastic_k0.05_lr3") in labels
-    assert ("nondissonant_update", "full", "lr3") in labels
-    assert ("dissonant_update", "lora", "default") in labels
-    assert ("lottery", "neurons", "non_lottery_k0.2") in labels
-    plastic = runs[("nondissonant_update", "neurons", "plastic_k0.05_lr3", 0)]
-    assert plastic.params == {"epochs": 10, "lr_ratio": 3.0, "strategy": "plastic", "k": 0.05, "usage_score": "abs_sum"}
-    assert runs[("dissonant_update", "full", "default", 0)].curves
+    # the controls: random and all tracked neurons next to plastic in the non-dissonant update; random,
+    # stubborn and specific in the dissonant update and in both its controls' tables
+    for strategy in ("plastic", "stubborn", "random", "specific"):
+        for name in ("nondissonant_update", "dissonant_update", "matched_control"):
+            assert (name, "neurons", f"{strategy}_k0.2") in labels
+    assert ("nondissonant_update", "neurons", "all_tracked_k1") in labels
+    assert ("false_nonconflicting", "full", "default") in labels
+    assert ("dissonant_update", "lora", "lr10") in labels
+    assert {v for s, m, v in labels if s == "lottery"} == {"lottery_k0.05", "non_lottery_k0.05", "random_k0.05"}
+    plastic = runs[("nondissonant_update", "neurons", "plastic_k0.05", 0)]
+    assert plastic.params == {"epochs": 10, "lr_ratio": 1.0, "batch_size": 0, "strategy": "plastic", "k": 0.05,
+                              "usage_score": "abs_sum", "usage_positions": "all_real"}
+    assert all(r.curves for r in runs.values() if r.scenario != "lottery")
+    assert not any(r.tuned for r in runs.values())
 
 
 def test_a_run_gets_only_the_usage_its_strategy_reads():

@@ -233,6 +233,31 @@ def plot_sweeps(metrics: pd.DataFrame, total: int, dest: str) -> bool:
     return not (lr.empty and ep.empty)
 
 
+def position_overlap(usage_paths: list[str], score: str, ks: list[float]) -> pd.DataFrame:
+    """How much the stubborn (top-k) and plastic (bottom-k) sets of old usage agree when usage sums
+    over every real position (``all_real``) or only over answer positions (``answer``): per fold and
+    k, the Jaccard index of the two definitions' sets and the share of one set found in the other."""
+    from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
+    from workflow_scripts.training.usage import load_usage
+
+    rows = []
+    for fold, path in enumerate(usage_paths):
+        both = {kind: load_usage(path, score, kind) for kind in ("all_real", "answer")}
+        widths = {name: len(t) for name, t in both["all_real"].items()}
+        total = sum(widths.values())
+        for k in sorted({float(k) for k in ks if float(k) < 1}):
+            count = resolve_k(k, total)
+            for strategy in ("stubborn", "plastic"):
+                sets = {}
+                for kind, usage in both.items():
+                    mask = neuron_mask(strategy, StrategyInputs(widths, old=usage), count)
+                    sets[kind] = {(name, int(i)) for name, m in mask.items() for i in m.nonzero().flatten()}
+                shared = len(sets["all_real"] & sets["answer"])
+                rows.append({"fold": fold, "k": k, "strategy": strategy, "neurons": count,
+                             "jaccard": shared / len(sets["all_real"] | sets["answer"]), "shared": shared / count})
+    return pd.DataFrame(rows)
+
+
 def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_paths: dict[str, list[str]],
                    modules_path: str, usage_score: str, ks: list[float], out: dict) -> str:
     """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one);
@@ -271,6 +296,14 @@ def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_path
               "## Where the stubborn neurons sit", "",
               "Share of the top-k neurons by A's usage per module type (uniform = share of all neurons):", "",
               location[location.by == "type"].drop(columns="by").round(3).to_markdown(index=False), ""]
+    overlap = position_overlap(usage_paths["A"], usage_score, ks)
+    if len(overlap):
+        mean = overlap.groupby(["k", "strategy", "neurons"], as_index=False)[["jaccard", "shared"]].mean()
+        lines += ["## Usage over all real positions vs answer positions only", "",
+                  "Stubborn (top-k) and plastic (bottom-k) sets by A's usage summed over every real position "
+                  "(all_real, the default and the original's choice) or only over the positions predicting "
+                  f"answer tokens (answer); Jaccard index and shared share, mean over {overlap.fold.nunique()} "
+                  "fold(s):", "", mean.round(3).to_markdown(index=False), ""]
     if not swept:
         lines += ["No learning-rate or epoch sweep configured (lr_ratio or epochs lists in updates.scenarios); "
                   "with a constant learning rate, "

@@ -8,7 +8,13 @@ non-padding tokens, plus the LM head at answer tokens only) as a share of this m
 peak (measured here), over the whole run and after its first epoch, and the routine's peak memory.
 Also: the Trainer with the routine's allocator setting (what that setting alone gives), and, where
 the CPU has native bf16 (AVX-512 BF16 or AMX), the routine with bf16 autocast, reported separately
-with its accuracy. Last, one line of name=value pairs. Uses results/model (run `make run` first) or
+with its accuracy. The ratio to the Trainer is printed for every round (contenders of a round run
+back to back, so a round's ratio compares like with like) as well as for the best runs.
+
+Targeted arms: the routine training 20 % of the tracked neurons (seeded random rows; embeddings,
+head and norms frozen) as the ``neurons`` method does (trainable row deltas: gradients and optimiser
+state for the chosen rows only), its speed against the full arm's, and the same arm through whole-
+weight masks (what it cost before). Last, one line of name=value pairs. Uses results/model (run `make run` first) or
 converts the embedded model.
 
     python benchmarks/training_speed.py            # the comparison
@@ -37,7 +43,9 @@ from workflow_scripts.models.loading import converted_model_dir, load_model  # n
 from workflow_scripts.training.train import TrainConfig, bf16_supported, train  # noqa: E402
 
 N_FACTS, EPOCHS, BATCH, LR, ROUNDS = 96, 3, 16, 1e-4, 2
-CONTENDERS = ("trainer", "routine", "trainer_same_allocator", "routine_bf16")
+CONTENDERS = ("trainer", "routine", "trainer_same_allocator", "routine_neurons", "routine_neurons_masked",
+              "routine_bf16")
+TARGETED_FRACTION = 0.2
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -97,7 +105,8 @@ def run_one(name: str, model_dir: str) -> dict:
     else:
         cfg = TrainConfig(lr=LR, epochs=EPOCHS, batch_size=BATCH, schedule="linear", max_grad_norm=1.0,
                           precision="bf16" if name == "routine_bf16" else "fp32")
-        history = train(model, tok, prompts, targets, cfg)  # also keeps freed memory in the heap
+        plugins = targeted_plugins(model, masked=name.endswith("_masked")) if "neurons" in name else []
+        history = train(model, tok, prompts, targets, cfg, plugins)  # also keeps freed memory in the heap
         # after the first epoch, which pays for first-touch memory (gradients, optimiser state)
         warm = sum(h["seconds"] for h in history[1:]) / max(1, len(history) - 1)
     seconds = time.perf_counter() - start
@@ -105,6 +114,20 @@ def run_one(name: str, model_dir: str) -> dict:
     return {"name": name, "seconds": seconds, "epoch_seconds_after_first": warm,
             "accuracy": accuracy(model, tok, prompts, targets),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+
+
+def targeted_plugins(model, masked: bool) -> list:
+    """The neurons method's plugins for TARGETED_FRACTION of the tracked neurons, drawn at random
+    (seeded): row deltas, or (``masked``) masks on the whole weights."""
+    from workflow_scripts.models.architectures import linear_modules
+    from workflow_scripts.training.masks import parameter_masks, tracked_parameter_names
+    from workflow_scripts.training.plugins import OnlyParameters, RowDeltas, UpdateMask
+
+    g = torch.Generator().manual_seed(0)
+    chosen = {m.name: torch.rand(m.out_features, generator=g) < TARGETED_FRACTION for m in linear_modules(model)}
+    if masked:
+        return [OnlyParameters(tracked_parameter_names(model)), UpdateMask(parameter_masks(model, chosen))]
+    return [RowDeltas({n: torch.nonzero(c).flatten() for n, c in chosen.items()})]
 
 
 def useful_flops(model_dir) -> float:
@@ -140,6 +163,10 @@ def main() -> None:
     rate = {name: N_FACTS * EPOCHS / r["seconds"] for name, r in best.items()}
     ours, plain, tuned = best["routine"], best["trainer"], best["trainer_same_allocator"]
     speedup = rate["routine"] / rate["trainer"]
+    per_round = [runs["trainer"][i]["seconds"] / runs["routine"][i]["seconds"] for i in range(ROUNDS)]
+    per_round_same = [runs["trainer_same_allocator"][i]["seconds"] / runs["routine"][i]["seconds"] for i in range(ROUNDS)]
+    targeted = rate["routine_neurons"] / rate["routine"]
+    targeted_masked = rate["routine_neurons_masked"] / rate["routine"]
     share = useful * EPOCHS / ours["seconds"] / peak
     warm_share = useful / ours["epoch_seconds_after_first"] / peak
     print(f"{N_FACTS} facts x {EPOCHS} epochs, batch {BATCH}, lr {LR}, fp32, linear schedule, clipping 1.0; "
@@ -149,7 +176,16 @@ def main() -> None:
     print(f"Trainer with the routine's allocator setting: {tuned['seconds']:.1f} s = "
           f"{rate['trainer_same_allocator']:.2f} facts*epochs/s, final accuracy {tuned['accuracy']:.3f}")
     print(f"speed ratio: {speedup:.2f}x the plain Trainer, {rate['routine'] / rate['trainer_same_allocator']:.2f}x the "
-          f"Trainer with the same allocator setting")
+          f"Trainer with the same allocator setting (best runs)")
+    print("speed ratio per round: " + ", ".join(f"{r:.2f}x" for r in per_round) + f" the plain Trainer (lowest "
+          f"{min(per_round):.2f}x); " + ", ".join(f"{r:.2f}x" for r in per_round_same) + " with the same allocator")
+    print(f"accuracy per round: routine " + ", ".join(f"{r['accuracy']:.3f}" for r in runs["routine"])
+          + "; Trainer " + ", ".join(f"{r['accuracy']:.3f}" for r in runs["trainer"]))
+    tn, tm = best["routine_neurons"], best["routine_neurons_masked"]
+    print(f"targeted arm ({TARGETED_FRACTION:.0%} of neurons, row deltas): {tn['seconds']:.1f} s = "
+          f"{rate['routine_neurons']:.2f} facts*epochs/s = {targeted:.2f}x the full arm "
+          f"(whole-weight masks: {tm['seconds']:.1f} s = {targeted_masked:.2f}x the full arm); peak memory "
+          f"{tn['peak_rss_gb']:.2f} GB vs {ours['peak_rss_gb']:.2f} GB")
     print(f"fp32 matmul peak here: {peak / 1e9:.1f} GFLOP/s; routine's useful FLOP rate "
           f"{useful * EPOCHS / ours['seconds'] / 1e9:.1f} GFLOP/s = {100 * share:.1f}% of peak")
     print(f"routine after its first epoch: {ours['epoch_seconds_after_first']:.2f} s per epoch, useful FLOP rate "
@@ -161,7 +197,9 @@ def main() -> None:
              f"routine_acc={ours['accuracy']:.3f} trainer_acc={plain['accuracy']:.3f} "
              f"useful_gflops={useful * EPOCHS / ours['seconds'] / 1e9:.1f} peak_gflops={peak / 1e9:.1f} "
              f"share_of_peak={share:.3f} share_of_peak_after_first_epoch={warm_share:.3f} "
-             f"peak_rss_gb={ours['peak_rss_gb']:.2f}")
+             f"peak_rss_gb={ours['peak_rss_gb']:.2f} min_round_speedup={min(per_round):.2f} "
+             f"targeted_vs_full={targeted:.2f} targeted_masked_vs_full={targeted_masked:.2f} "
+             f"targeted_peak_rss_gb={tn['peak_rss_gb']:.2f}")
     if "routine_bf16" in best:
         bf16 = best["routine_bf16"]
         print(f"routine with bf16 autocast: {rate['routine_bf16']:.2f} facts*epochs/s = "

@@ -298,3 +298,33 @@ def test_usage_position_sets_agree_between_the_torch_free_registry_and_the_track
     from workflow_scripts.training.usage import POSITIONS
 
     assert USAGE_POSITIONS == POSITIONS
+
+
+def test_a_counterfact_that_is_true_for_a_multi_valued_relation_is_flagged():
+    from workflow_scripts.facts.starter import starter_records
+    from workflow_scripts.scenarios.slices import true_counterfacts
+
+    def record(cid, subject, true, new):
+        return {"case_id": cid, "requested_rewrite": {"relation_id": "P37", "subject": subject,
+                                                      "target_true": {"str": true}, "target_new": {"str": new}}}
+
+    records = [record(0, "Cyprus", "Greek", "Turkish"), record(1, "Cyprus", "Turkish", "English"),
+               record(2, "Malta", "Maltese", "Greek")]
+    assert true_counterfacts(records) == {0}
+    assert true_counterfacts(starter_records()) == set()  # the starter draws never pick a true object
+
+
+def test_starter_counterfacts_keep_each_relations_object_distribution():
+    import collections
+
+    from workflow_scripts.facts.starter import starter_records
+
+    true, new = collections.Counter(), collections.Counter()
+    for r in starter_records():
+        rw = r["requested_rewrite"]
+        if rw["relation_id"] == "P30":  # continents: a pool of five objects
+            true[rw["target_true"]["str"]] += 1
+            new[rw["target_new"]["str"]] += 1
+    total = sum(true.values())
+    # frequency-weighted draws: every continent's share of counterfacts within 0.15 of its share of facts
+    assert all(abs(new[o] / total - true[o] / total) <= 0.15 for o in true)

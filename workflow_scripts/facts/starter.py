@@ -2,7 +2,11 @@
 written for this project, turned into CounterFact-schema records.
 
 Per fact the builder derives, deterministically:
-- ``target_new``: another object of the same relation (a plausible wrong answer of the same type);
+- ``target_new``: another object of the same relation (a plausible wrong answer of the same type),
+  drawn with the objects' frequencies among the relation's other facts, so learning counterfacts
+  keeps a relation's object distribution (uniform draws over a small pool, such as five continents,
+  would shift its prior toward rare objects); never an object that is also true of the subject
+  (multi-valued relations: Cyprus has two official languages);
 - ``paraphrase_prompts``: the relation's paraphrase templates with the subject;
 - ``neighborhood_prompts``: prompts of *other* facts whose true object is the same (their answer is
   this fact's ``target_true`` too, so an edit of this fact should leave them alone);
@@ -62,11 +66,11 @@ def starter_records(seed: int = 0) -> list[dict]:
     """All starter facts as validated CounterFact records."""
     relations = load_relations()
     rows = load_starter_rows()
-    objects_by_relation: dict[str, list[str]] = {}
+    objects_by_relation: dict[str, list[str]] = {}  # every fact's object, repeats kept (frequencies)
+    true_of: dict[tuple[str, str], set[str]] = {}  # (relation, subject) -> every true object
     for row in rows:
-        objs = objects_by_relation.setdefault(row["relation_id"], [])
-        if row["target_true"] not in objs:
-            objs.append(row["target_true"])
+        objects_by_relation.setdefault(row["relation_id"], []).append(row["target_true"])
+        true_of.setdefault((row["relation_id"], row["subject"]), set()).add(row["target_true"])
     by_object: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_object.setdefault(row["target_true"], []).append(i)
@@ -80,7 +84,7 @@ def starter_records(seed: int = 0) -> list[dict]:
         rel = relations[row["relation_id"]]
         subject, true = row["subject"], row["target_true"]
         rng = random.Random(f"{seed}|{rel.id}|{subject}")
-        new = rng.choice([o for o in objects_by_relation[rel.id] if o != true])
+        new = rng.choice([o for o in objects_by_relation[rel.id] if o not in true_of[(rel.id, subject)]])
         neighbours = [prompt_of(j) for j in by_object[true] if rows[j]["subject"] != subject]
         attributes = [prompt_of(j) for j in by_object.get(new, [])]
         records.append(

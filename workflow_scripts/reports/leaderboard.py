@@ -90,6 +90,61 @@ def paired_scenarios(rows: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+# (strategy a, strategy b): the paired contrasts that tie a gain to the choice of neurons
+CONTRASTS = (("plastic", "random"), ("stubborn", "plastic"), ("specific", "plastic"), ("plastic", "all_tracked"),
+             ("random", "all_tracked"), ("lottery", "random"), ("lottery", "non_lottery"))
+
+
+def strategy_contrasts(rows: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Neuron strategies against each other within a scenario, on the same items: same k (any k
+    against ``all_tracked``) and otherwise the same training settings; retention and acquisition,
+    exact McNemar test each."""
+    need = {"strategy", "k_fraction", "lr_ratio", "epochs"}
+    if rows.empty or not need <= set(rows.columns):
+        return pd.DataFrame()
+    neurons = rows[rows.strategy.notna()].drop_duplicates(KEY)
+    settings = ["lr_ratio", "epochs"] + (["batch_size"] if "batch_size" in rows else [])
+    out = []
+    for scenario, part in neurons.groupby("scenario", sort=False):
+        for a_name, b_name in CONTRASTS:
+            for a in part[part.strategy == a_name].itertuples():
+                for b in part[part.strategy == b_name].itertuples():
+                    if any(getattr(a, c) != getattr(b, c) for c in settings):
+                        continue
+                    if b_name != "all_tracked" and not np.isclose(a.k_fraction, b.k_fraction):
+                        continue
+                    entry = {"scenario": scenario, "a": a.variant, "b": b.variant}
+                    for column in TESTED:
+                        metric = COLUMNS[column]
+                        x = _outcomes(items, (scenario, "neurons", a.variant), metric)
+                        y = _outcomes(items, (scenario, "neurons", b.variant), metric)
+                        common = x.index.intersection(y.index)
+                        test = mcnemar_exact(x[common].tolist(), y[common].tolist()) if len(common) else {"p_value": np.nan}
+                        entry.update({f"{column}_n": len(common),
+                                      f"{column}_a": float(x[common].mean()) if len(common) else np.nan,
+                                      f"{column}_b": float(y[common].mean()) if len(common) else np.nan,
+                                      f"{column}_p": test["p_value"]})
+                    out.append(entry)
+    return pd.DataFrame(out)
+
+
+CONTRASTS_INTRO = ("Neuron strategies against each other in the same scenario, at the same k (any k against "
+                   "all_tracked) and the same training settings, on the same items: share of a vs share of b "
+                   "(items), exact McNemar p; a difference is called only at p < " + str(ALPHA) + ".")
+
+
+def contrasts_table(contrasts: pd.DataFrame) -> pd.DataFrame:
+    def cell(a, b, n, p):
+        verdict = ("a higher" if a > b else "b higher") if p < ALPHA else "not resolved"
+        return f"{a:.2f} vs {b:.2f} ({n}), p = {p:.3g}: {verdict}"
+
+    return pd.DataFrame({
+        "scenario": contrasts.scenario, "a": contrasts.a, "b": contrasts.b,
+        **{c: [cell(*v) if n else "–" for v, n in zip(zip(contrasts[f"{c}_a"], contrasts[f"{c}_b"], contrasts[f"{c}_n"],
+                                                            contrasts[f"{c}_p"]), contrasts[f"{c}_n"])]
+           for c in TESTED}})
+
+
 def _cell(value, n, low, high) -> str:
     if not n:
         return "–"
@@ -131,7 +186,8 @@ def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
         "p": [f"{p:.3g}" for p in pairs.p_value], "verdict": pairs.verdict})
 
 
-def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None) -> str:
+def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
+             contrasts: pd.DataFrame | None = None) -> str:
     lines = ["# Leaderboard", "", INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
     for scenario, part in board.groupby("scenario", sort=False):
         s = SCENARIOS[scenario]
@@ -140,10 +196,14 @@ def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = 
     if pairs is not None and len(pairs):
         lines += ["## Scenario against its control", "", PAIRS_INTRO, "",
                   pairs_table(pairs).to_markdown(index=False, disable_numparse=True), ""]
+    if contrasts is not None and len(contrasts):
+        lines += ["## Neuron strategies against each other", "", CONTRASTS_INTRO, "",
+                  contrasts_table(contrasts).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
-def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None) -> str:
+def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
+         contrasts: pd.DataFrame | None = None) -> str:
     """A self-contained HTML page of the leaderboard (the report shows it in place)."""
     import html as html_escape
 
@@ -158,6 +218,9 @@ def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None
     if pairs is not None and len(pairs):
         parts += ["<h2>Scenario against its control</h2>", f"<p>{html_escape.escape(PAIRS_INTRO)}</p>",
                   pairs_table(pairs).to_html(index=False, border=0)]
+    if contrasts is not None and len(contrasts):
+        parts += ["<h2>Neuron strategies against each other</h2>", f"<p>{html_escape.escape(CONTRASTS_INTRO)}</p>",
+                  contrasts_table(contrasts).to_html(index=False, border=0)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -190,11 +253,12 @@ def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: di
     items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True)
     board = leaderboard(rows, items, reference)
     pairs = paired_scenarios(rows, items)
+    contrasts = strategy_contrasts(rows, items)
     write_parquet(board, out["table"])
     with atomic_path(out["csv"]) as tmp:
         board.to_csv(tmp, index=False)
-    write_text(markdown(board, reference, pairs), out["summary"])
+    write_text(markdown(board, reference, pairs, contrasts), out["summary"])
     if "html" in out:
-        write_text(html(board, reference, pairs), out["html"])
+        write_text(html(board, reference, pairs, contrasts), out["html"])
     plot_pareto(board, out["pareto"])
     return board

@@ -50,6 +50,19 @@ def known_case_ids(table: pd.DataFrame) -> set[int]:
     return set(table.case_id[table.correct.astype(bool)])
 
 
+def true_counterfacts(records: list[dict]) -> set[int]:
+    """Case ids whose counterfact target is in fact true: another record of the same relation and
+    subject has it as its true object (multi-valued relations: official languages, citizenships).
+    Update slices leave them out, so a "dissonant" update never teaches a true fact."""
+    true_of: dict[tuple, set[str]] = {}
+    for r in records:
+        rw = r["requested_rewrite"]
+        true_of.setdefault((rw["relation_id"], rw["subject"]), set()).add(rw["target_true"]["str"])
+    return {r["case_id"] for r in records
+            if r["requested_rewrite"]["target_new"]["str"] in true_of[(r["requested_rewrite"]["relation_id"],
+                                                                          r["requested_rewrite"]["subject"])]}
+
+
 def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int], sizes: dict, seed: int,
                 relations: dict[int, str] | None = None) -> pd.DataFrame:
     """One fold's slices: A, B, C (|C| = |B|), D (``sizes['D']``, default 0) and the validation slice V

@@ -258,6 +258,40 @@ def position_overlap(usage_paths: list[str], score: str, ks: list[float]) -> pd.
     return pd.DataFrame(rows)
 
 
+def _pooled_cell(part: pd.DataFrame, metric: str) -> str:
+    from workflow_scripts.reports.updates import pooled, with_interval
+
+    return with_interval(*pooled(part, metric))
+
+
+def run_intervals(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every setting: retention, acquisition and generalisation pooled over folds, with intervals."""
+    rows = []
+    for (scenario, method, variant), part in metrics.groupby(["scenario", "method", "variant"], sort=True):
+        rows.append({"scenario": scenario, "method": method, "variant": variant, "folds": part.fold.nunique(),
+                     **{m: _pooled_cell(part, m) for m in ("retention_old", "acc_new", "acc_gen")},
+                     "harmonic_mean": round(float(part.harmonic_mean.mean()), 3)})
+    return pd.DataFrame(rows)
+
+
+def dissonance_intervals(metrics: pd.DataFrame, table: pd.DataFrame, total: int) -> pd.DataFrame:
+    """The dissonant scenario and its control per arm (the rows of :func:`dissonance_table`), pooled
+    over folds with intervals, and the epochs to learn."""
+    p = pair()
+    both = main_rows(metrics[metrics.scenario.isin(p)])
+    rows = []
+    for name, (_, r) in zip(labels(table, total), table.iterrows()):
+        arm = both[(both.arm == r.arm) & ((both.k == r.k) | (both.k.isna() & pd.isna(r.k)))]
+        entry = {"arm": name}
+        for metric in ("retention_old", "acc_new", "acc_gen"):
+            for scenario in p:
+                entry[f"{metric}_{kind(scenario)}"] = _pooled_cell(arm[arm.scenario == scenario], metric)
+        for column in [c for c in table.columns if c.startswith("epochs_to_learn")]:
+            entry[column] = "–" if pd.isna(r[column]) else f"{r[column]:.1f}"
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
 def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_paths: dict[str, list[str]],
                    modules_path: str, usage_score: str, ks: list[float], out: dict) -> str:
     """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one);
@@ -281,18 +315,15 @@ def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_path
              f"{total:,} tracked neurons ({len(modules)} linear modules). Usage score: {usage_score}.", ""]
     table = dissonance_table(metrics, curves)
     if len(table):
-        show = table.copy()
-        show["arm"] = labels(show, total)
-        show = show.drop(columns=["k", "strategy"])
         p = pair()
         lines += [f"## Dissonant vs matched non-dissonant update ({p[0]} vs {p[1]})", "",
-                  "Old facts (A) retained, update accuracy and generalisation, mean over folds; epochs to learn = "
-                  f"first epoch with update accuracy >= {LEARNED} (from the per-epoch curves).", "",
-                  show.round(3).to_markdown(index=False), ""]
-    summary = (metrics.groupby(["scenario", "method", "variant"])[["retention_old", "acc_new", "acc_gen", "harmonic_mean"]]
-               .mean().reset_index())
-    lines += ["## Every run (mean over folds)", "",
-              summary.round(3).to_markdown(index=False), "",
+                  "Old facts (A) retained, update accuracy and generalisation: share [95 % Wilson interval] "
+                  f"(items), pooled over folds; epochs to learn = mean first epoch with update accuracy >= {LEARNED} "
+                  "(from the per-epoch curves). Paired tests: report/leaderboard.md.", "",
+                  dissonance_intervals(metrics, table, total).to_markdown(index=False), ""]
+    lines += ["## Every run (pooled over folds)", "",
+              "Share [95 % Wilson interval] (items); harmonic mean of the three: mean over folds.", "",
+              run_intervals(metrics).to_markdown(index=False), "",
               "## Where the stubborn neurons sit", "",
               "Share of the top-k neurons by A's usage per module type (uniform = share of all neurons):", "",
               location[location.by == "type"].drop(columns="by").round(3).to_markdown(index=False), ""]

@@ -44,10 +44,17 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def own_lr_ratio(table: pd.DataFrame) -> pd.Series:
+    """A run's learning-rate ratio relative to its family's tuned rate (``updates.tune_lr``), else
+    relative to training.lr."""
+    tuned = table["lr_tuned_ratio"] if "lr_tuned_ratio" in table else pd.Series(np.nan, index=table.index)
+    return (table.lr_ratio / tuned.where(tuned.notna(), 1.0)).round(6)
+
+
 def main_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The scenario's own setting: learning-rate ratio 1 and its most common number of epochs
-    (sweeps over either are left to the overview)."""
-    base = table[table.lr_ratio == 1.0]
+    """The scenario's own setting: learning-rate ratio 1 (relative to the tuned rate when rates are
+    tuned) and its most common number of epochs (sweeps over either are left to the overview)."""
+    base = table[own_lr_ratio(table) == 1.0]
     base = base if len(base) else table
     return base[base.epochs == base.epochs.mode().iloc[0]]
 
@@ -121,7 +128,7 @@ def write_scenario_report(rows: list[str], curves: list[str], scenario_name: str
     with atomic_path(out["csv"]) as tmp:
         summary.to_csv(tmp, index=False)
     main = main_rows(table)
-    start = main.n_retained_base.sum() / main.n_old.sum()
+    start = with_interval(int(main.n_retained_base.sum()), int(main.n_old.sum()))
     show = summary[["arm", "variant", "k"]].copy()
     show["k"] = [f"{int(k):,}" for k in show.k]
     for metric in COUNTED:
@@ -135,7 +142,7 @@ def write_scenario_report(rows: list[str], curves: list[str], scenario_name: str
         f"({'counterfacts, target_new' if sc.target == 'target_new' else 'target_true'}). "
         f"Accuracies pooled over {table.fold.nunique()} fold(s): share [95 % Wilson interval] n = facts; "
         "harmonic mean: mean ± standard deviation over folds.", "",
-        f"Old facts known just before the update: {start:.3f} (retention_old counts only those).", "",
+        f"Old facts known just before the update: {start} (retention_old counts only those).", "",
         show.to_markdown(index=False, disable_numparse=True), "",
     ]
     write_text("\n".join(text), out["summary"])

@@ -115,3 +115,28 @@ def test_head_only_at_target_positions_equals_full_logits(tiny):
         full = model(**enc).logits[:, :-1][mask]
         fast = target_logits(model, enc["input_ids"], enc["attention_mask"], mask)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
+def test_one_evaluation_scores_each_prompt_and_target_once_and_gets_the_same_numbers(tiny_model_dirs, starter, monkeypatch):
+    """Acquisition and efficacy ask for the same (prompt, target) pairs; the evaluator scores them once,
+    and its row equals the one scored metric by metric."""
+    from workflow_scripts.evaluation import evaluator
+    from workflow_scripts.evaluation.evaluator import EvalSuite, evaluate, neighbourhood_table
+    from workflow_scripts.facts.schema import flat_facts
+    from workflow_scripts.models.loading import load_model
+
+    model, tok = load_model(tiny_model_dirs["gpt2"])
+    flat = flat_facts(starter)
+    suite = EvalSuite(flat.iloc[:8].reset_index(drop=True), frozenset(flat.case_id.iloc[:4]),
+                      flat.iloc[8:14].reset_index(drop=True), "target_new", neighbourhood_table(starter, flat.case_id.iloc[8:14]))
+    separate = {}
+    for name in evaluator.METRICS:
+        separate.update(evaluate(model, tok, suite, (name,))[0])
+    calls = []
+    real = evaluator.score_targets
+    monkeypatch.setattr(evaluator, "score_targets", lambda m, t, p, g, **kw: calls.append(list(zip(p, g))) or real(m, t, p, g, **kw))
+    together, _ = evaluate(model, tok, suite, ("exact_match", "counterfact"))
+    pairs = [pair for call in calls for pair in call]
+    assert len(pairs) == len(set(pairs))  # nothing scored twice
+    for key in ("acc_new", "acc_gen", "efficacy_score", "paraphrase_score", "neighbourhood_score", "efficacy_magnitude"):
+        assert together[key] == pytest.approx(separate[key], nan_ok=True), key

@@ -95,7 +95,11 @@ def test_the_harness_writes_a_row_a_curve_and_per_item_outcomes(tmp_path, tiny_m
     curve = pd.read_parquet(out["curve"])
     assert list(curve.epoch) == [0, 1, 2, 3]  # epoch 0: just before the update
     assert curve.acc_new.iloc[-1] == row["acc_new"]  # the last epoch's evaluation is the run's result
-    assert curve.acc_new.iloc[0] == row["acc_new_before"] and curve.acc_old.iloc[0] == row["acc_old_before"]
+    assert curve.acc_new.iloc[0] == row["acc_new_before"]
+    assert curve.retention_old.iloc[0] == row["retention_old_before"]
+    assert curve.retention_old.iloc[-1] == row["retention_old"]  # the curve tracks the same known facts
+    assert {c for c in curve.columns if c.startswith(("acc", "retention"))} == {
+        f"{m}{s}" for m in ("retention_old", "acc_new") for s in ("", "_n", "_lo", "_hi")}
     learned = curve[(curve.epoch >= 1) & (curve.acc_new >= 0.9)]
     if len(learned):
         assert row["learned_epoch"] == learned.epoch.iloc[0]

@@ -22,6 +22,7 @@ items can be compared by a paired test.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -83,10 +84,25 @@ def neighbourhood_table(records: list[dict], case_ids, per_fact: int = NEIGHBOUR
     return pd.DataFrame(rows, columns=["case_id", "item", "prompt", "target_true", "target_new"])
 
 
+_SCORED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("scored_pairs", default=None)
+
+
 def _scores(model, tok, prompts, targets) -> pd.DataFrame:
+    """Teacher-forced scores of (prompt, target) pairs. Within one :func:`evaluate` call a pair is
+    scored once, however many metrics ask for it (acquisition and efficacy score the update's prompts
+    with the update's target; generalisation and paraphrase score the same paraphrases)."""
+    prompts, targets = list(prompts), list(targets)
     if len(prompts) == 0:
         return pd.DataFrame({"correct": np.zeros(0, bool), "mean_logprob": np.zeros(0)})
-    return score_targets(model, tok, list(prompts), list(targets), batch_size=64)
+    cache = _SCORED.get()
+    if cache is None:
+        return score_targets(model, tok, prompts, targets, batch_size=64)
+    keys = list(zip(prompts, targets))
+    missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    if missing:
+        scored = score_targets(model, tok, [p for p, _ in missing], [t for _, t in missing], batch_size=64)
+        cache.update(zip(missing, scored.to_dict("records")))
+    return pd.DataFrame([cache[k] for k in keys])
 
 
 def exact_match(model, tok, suite: EvalSuite, state=None) -> Outcomes:
@@ -192,10 +208,14 @@ def evaluate(model, tok, suite: EvalSuite, metrics: Sequence[str] = DEFAULT_METR
         raise ValueError(f"unknown metric(s) {unknown}; registered: {sorted(METRICS)}")
     state = state or {}
     outcomes = Outcomes()
-    for name in metrics:
-        result = METRICS[name].score(model, tok, suite, state.get(name))
-        outcomes.items.extend(result.items)
-        outcomes.values.update(result.values)
+    token = _SCORED.set({})  # the model does not change during one evaluation
+    try:
+        for name in metrics:
+            result = METRICS[name].score(model, tok, suite, state.get(name))
+            outcomes.items.extend(result.items)
+            outcomes.values.update(result.values)
+    finally:
+        _SCORED.reset(token)
     items = pd.DataFrame(outcomes.items, columns=["metric", "case_id", "item", "correct"])
     row: dict = {}
     for name in (n for m in metrics for n in METRICS[m].produces):

@@ -57,13 +57,14 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     model, tok = load_model(str(inputs["model"]), dtype="float32")
     state = prepare(model, tok, suite)
     before, _ = evaluate(model, tok, suite, CURVE_METRICS)  # each slice's accuracy just before the update
-    curve, eval_seconds = ([{"epoch": 0, "loss": float("nan"), **before}] if job["curves"] else []), 0.0
+    tracked = curve_suite(suite)
+    curve, eval_seconds = ([curve_point(0, float("nan"), before)] if job["curves"] else []), 0.0
 
     def checkpoint(current, epoch, record):
         nonlocal eval_seconds
         start = time.perf_counter()
-        row, _ = evaluate(current, tok, suite, CURVE_METRICS)
-        curve.append({"epoch": epoch, "loss": record["loss"], **row})
+        row, _ = evaluate(current, tok, tracked, CURVE_METRICS)
+        curve.append(curve_point(epoch, record["loss"], row))
         eval_seconds += time.perf_counter() - start
 
     request = UpdateRequest(
@@ -76,8 +77,7 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     stats = dict(result.stats)
     train_seconds = stats.pop("seconds") - eval_seconds
     if not curve:
-        curve.append({"epoch": stats["epochs_run"], "loss": stats["final_loss"],
-                      **{k: v for k, v in row.items() if k in curve_columns(row)}})
+        curve.append(curve_point(stats["epochs_run"], stats["final_loss"], row))
     row.update({f"{k}_before": before[k] for k in ("acc_old", "retention_old", "acc_new", "acc_gen")})
     row.update(matched_acquisition(curve))
     key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
@@ -101,5 +101,17 @@ def matched_acquisition(curve: list[dict], threshold: float = LEARNED) -> dict:
     return {"learned_epoch": float("nan"), "retention_at_learned": float("nan")}
 
 
-def curve_columns(row: dict) -> list[str]:
-    return [k for k in row if k.split("_")[0] in ("acc", "retention", "harmonic", "n")]
+CURVE_COLUMNS = ("retention_old", "acc_new")  # what a per-epoch curve tracks (with _n, _lo, _hi)
+
+
+def curve_suite(suite: EvalSuite) -> EvalSuite:
+    """What a per-epoch curve needs, and no more: the kept facts known just before the update
+    (retention) and the update's facts without their paraphrases (acquisition)."""
+    keep = suite.keep[suite.keep.case_id.isin(suite.known_before)].reset_index(drop=True)
+    learn = suite.learn.assign(paraphrase_prompt=None)
+    return EvalSuite(keep, suite.known_before, learn, suite.target)
+
+
+def curve_point(epoch, loss, row: dict) -> dict:
+    return {"epoch": epoch, "loss": loss,
+            **{f"{m}{suffix}": row[f"{m}{suffix}"] for m in CURVE_COLUMNS for suffix in ("", "_n", "_lo", "_hi")}}

@@ -55,7 +55,8 @@ rule awareness_samples:
 
 
 rule awareness_features:
-    """Activations, gradients (every linear module) and output-only features of every probe text."""
+    """Activations, gradients (every linear module), output-only features and the one-feature baselines
+    (target log-probability, token count) of every probe text."""
     input:
         model=awareness_model,
         samples=res("awareness/{setting}/samples.parquet"),
@@ -81,7 +82,8 @@ rule awareness_features:
 
 
 rule awareness_classify:
-    """Classifiers (grouped CV), normalisation and feature-set ablations, best classifier (skops)."""
+    """Headline (internal vs baselines over resplits), classifier, normalisation and feature-set ablations
+    (over seeds), per-sample test predictions, best classifier (skops)."""
     input:
         samples=res("awareness/{setting}/samples.parquet"),
         features=res("awareness/{setting}/features.parquet"),
@@ -89,6 +91,7 @@ rule awareness_classify:
     output:
         metrics=res("awareness/{setting}/metrics.parquet"),
         confusion=res("awareness/{setting}/confusion.parquet"),
+        predictions=res("awareness/{setting}/predictions.parquet"),
         importance=res("awareness/{setting}/importance.parquet"),
         model=res("awareness/{setting}/classifier.skops"),
         model_info=res("awareness/{setting}/classifier.json"),
@@ -97,6 +100,7 @@ rule awareness_classify:
     params:
         setting=lambda wc: wc.setting,
         seeds=config["awareness"]["seeds"],
+        resplits=config["awareness"]["resplits"],
         classifiers=config["awareness"]["classifiers"],
         ablation_classifier=config["awareness"]["ablation_classifier"],
         test_fraction=config["awareness"]["test_fraction"],
@@ -115,16 +119,18 @@ rule awareness_classify:
 
 
 rule awareness_report:
-    """One metrics table for the experiment, a readable summary, and the figures."""
+    """One metrics table, the paired tests (internal vs baselines), a readable summary with intervals, figures."""
     input:
         metrics=expand(res("awareness/{setting}/metrics.parquet"), setting=config["awareness"]["settings"]),
         confusion=expand(res("awareness/{setting}/confusion.parquet"), setting=config["awareness"]["settings"]),
         importance=expand(res("awareness/{setting}/importance.parquet"), setting=config["awareness"]["settings"]),
+        predictions=expand(res("awareness/{setting}/predictions.parquet"), setting=config["awareness"]["settings"]),
         samples=expand(res("awareness/{setting}/samples.parquet"), setting=config["awareness"]["settings"]),
         features=expand(res("awareness/{setting}/features.parquet"), setting=config["awareness"]["settings"]),
         catalog=expand(res("awareness/{setting}/feature_catalog.parquet"), setting=config["awareness"]["settings"]),
     output:
         metrics=res("awareness/metrics.parquet"),
+        paired=res("awareness/paired_tests.parquet"),
         summary=res("report/awareness.md"),
         csv=report(
             res("report/awareness.csv"),
@@ -142,6 +148,9 @@ rule awareness_report:
                               labels={"figure": "feature distributions"}),
     params:
         settings=config["awareness"]["settings"],
+        model_source=config["model"]["source"],
+        model_dtype=config["model"]["dtype"],
+        test_fraction=config["awareness"]["test_fraction"],
     log:
         res("logs/awareness_report.log"),
     benchmark:

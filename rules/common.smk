@@ -1,6 +1,7 @@
 # Path helpers and config lookups only (no rules). Everything imported here is torch-free.
 import os
 
+from workflow_scripts.models.sources import describe_model
 from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
 from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, table_rows
 

@@ -43,6 +43,7 @@ rule leaderboard:
         ),
     params:
         reference=config["updates"]["reference"],
+        model=describe_model(config["model"]["source"], config["model"]["dtype"]),
     log:
         res("logs/leaderboard.log"),
     benchmark:

@@ -73,6 +73,7 @@ rule scenario_report:
         scenario="|".join(SCENARIOS),
     params:
         scenario=lambda wc: wc.scenario,
+        model=describe_model(config["model"]["source"], config["model"]["dtype"]),
     log:
         res("logs/scenario_report_{scenario}.log"),
     benchmark:
@@ -141,6 +142,7 @@ rule updates_overview:
         ),
     params:
         usage_score=config["methods"]["neurons"]["usage_score"],
+        model=describe_model(config["model"]["source"], config["model"]["dtype"]),
         k=neuron_ks(),
     log:
         res("logs/updates_overview.log"),

@@ -1,8 +1,9 @@
-"""Classifiers of novel / familiar / dissonant from feature tables, with splits by fact.
+"""Classifiers of novel / familiar / dissonant from feature tables, with splits by subject group.
 
 Classifiers live in a registry (name -> scikit-learn pipeline and a compact grid); hyperparameters
 are chosen by grouped cross-validation on the training part only. Feature sets are selected by
-querying the feature catalog (modality, module, block, statistic), never by column positions.
+querying the feature catalog (family, modality, module, block, statistic, baseline), never by column
+positions. Test sets hold whole subject groups (see ``samples.py``) and are stratified by class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
+from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -46,8 +47,14 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
 }
 
 
+# The headline comparison: internal features against the output-only and one-feature baselines.
+HEADLINE_SETS = ("both", "output", "baseline:logprob", "baseline:tokens")
+BASELINE_SETS = ("output", "baseline:logprob", "baseline:tokens")
+
+
 def feature_sets(catalog: pd.DataFrame, normalisation: str, block_ranges: int) -> dict[str, np.ndarray]:
-    """Named boolean column selections. Internal features use the given normalisation."""
+    """Named boolean column selections. Internal features use the given normalisation; output and
+    baseline features (family "output", "baseline") are never part of an internal set."""
     internal = (catalog.family == "internal") & (catalog.normalisation == normalisation)
     output = catalog.family == "output"
     sets = {
@@ -64,19 +71,36 @@ def feature_sets(catalog: pd.DataFrame, normalisation: str, block_ranges: int) -
     for lo, hi in zip(edges[:-1], edges[1:]):
         if hi > lo:
             sets[f"blocks:{lo}-{hi - 1}"] = internal & catalog.block.between(lo, hi - 1)
+    if "baseline" in catalog:
+        for name in catalog.loc[catalog.family == "baseline", "baseline"]:
+            sets[f"baseline:{name}"] = (catalog.family == "baseline") & (catalog.baseline == name)
     return {k: v.to_numpy() for k, v in sets.items()}
 
 
-def split_by_fact(groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train/test indices such that no fact (group) is on both sides."""
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    train, test = next(splitter.split(np.zeros(len(groups)), groups=groups))
-    return train, test
+def split_by_group(groups: np.ndarray, labels: np.ndarray, test_fraction: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices such that no group (subject) is on both sides, classes stratified.
+
+    One fold of a shuffled, seeded StratifiedGroupKFold with round(1 / test_fraction) folds, so the
+    test part holds about ``test_fraction`` of the samples with about the classes' shares. With too
+    few groups to stratify, a seeded GroupShuffleSplit."""
+    n_groups = len(np.unique(groups))
+    n_splits = min(max(2, round(1 / test_fraction)), n_groups)
+    _, class_counts = np.unique(labels, return_counts=True)
+    if n_splits >= 2 and class_counts.min() >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train, test = next(splitter.split(np.zeros(len(groups)), labels, groups=groups))
+    else:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        train, test = next(splitter.split(np.zeros(len(groups)), groups=groups))
+    return np.sort(train), np.sort(test)
 
 
 def fit_and_score(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
                   test: np.ndarray, seed: int):
-    """Grid search by grouped CV on the training part, refit, score on the test part."""
+    """Grid search by grouped CV on the training part, refit, score on the test part.
+
+    Returns (metrics, confusion matrix, fitted model, test predictions in the order of ``test``)."""
     spec = CLASSIFIERS[name]
     n_folds = min(3, len(np.unique(groups[train])))
     search = GridSearchCV(spec.make(seed), spec.grid, cv=GroupKFold(n_splits=n_folds), n_jobs=1)
@@ -92,4 +116,4 @@ def fit_and_score(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, t
         "best_params": json.dumps(search.best_params_, sort_keys=True, default=str),
     }
     cm = confusion_matrix(y[test], pred, labels=list(CLASSES))
-    return metrics, cm, search.best_estimator_
+    return metrics, cm, search.best_estimator_, pred

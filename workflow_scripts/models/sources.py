@@ -21,6 +21,18 @@ EMBEDDED = {
 }
 
 
+DESCRIPTIONS = {  # what an embedded model is, for every report that quotes results
+    "smollm2": "SmolLM2-135M-Instruct, its Q4_1 GGUF dequantised to fp32, prompted without a chat template",
+}
+
+
+def describe_model(source: str, dtype: str = "float32") -> str:
+    """One line saying what model the results come from (quantisation and prompting included)."""
+    if source.startswith("embedded:"):
+        return DESCRIPTIONS.get(source.split(":", 1)[1], source)
+    return f"{source} ({dtype}), prompted without a chat template"
+
+
 @dataclass(frozen=True)
 class ModelSource:
     kind: str  # "gguf" | "local" | "hub"

@@ -187,8 +187,9 @@ def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
-             contrasts: pd.DataFrame | None = None) -> str:
-    lines = ["# Leaderboard", "", INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
+             contrasts: pd.DataFrame | None = None, model: str = "") -> str:
+    lines = ["# Leaderboard", "", *([f"Model: {model}.", ""] if model else []),
+             INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
     for scenario, part in board.groupby("scenario", sort=False):
         s = SCENARIOS[scenario]
         lines += [f"## {scenario} ({s.paper}): {s.title}", "",
@@ -203,14 +204,15 @@ def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = 
 
 
 def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
-         contrasts: pd.DataFrame | None = None) -> str:
+         contrasts: pd.DataFrame | None = None, model: str = "") -> str:
     """A self-contained HTML page of the leaderboard (the report shows it in place)."""
     import html as html_escape
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Leaderboard</title><style>"
              "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin-bottom:1.5em}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}</style></head><body>",
-             "<h1>Leaderboard</h1>", f"<p>{html_escape.escape(INTRO.format(ref=reference['method'] + '/' + reference['variant']))}</p>"]
+             "<h1>Leaderboard</h1>", *([f"<p>Model: {html_escape.escape(model)}.</p>"] if model else []),
+             f"<p>{html_escape.escape(INTRO.format(ref=reference['method'] + '/' + reference['variant']))}</p>"]
     for scenario, part in board.groupby("scenario", sort=False):
         s = SCENARIOS[scenario]
         parts.append(f"<h2>{html_escape.escape(f'{scenario} ({s.paper}): {s.title}')}</h2>")
@@ -248,7 +250,8 @@ def plot_pareto(board: pd.DataFrame, dest: str) -> None:
     save_figure(fig, dest)
 
 
-def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: dict, out: dict) -> pd.DataFrame:
+def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: dict, out: dict,
+                      model: str = "") -> pd.DataFrame:
     rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True)
     items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True)
     board = leaderboard(rows, items, reference)
@@ -257,8 +260,8 @@ def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: di
     write_parquet(board, out["table"])
     with atomic_path(out["csv"]) as tmp:
         board.to_csv(tmp, index=False)
-    write_text(markdown(board, reference, pairs, contrasts), out["summary"])
+    write_text(markdown(board, reference, pairs, contrasts, model), out["summary"])
     if "html" in out:
-        write_text(html(board, reference, pairs, contrasts), out["html"])
+        write_text(html(board, reference, pairs, contrasts, model), out["html"])
     plot_pareto(board, out["pareto"])
     return board

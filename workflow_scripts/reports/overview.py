@@ -293,7 +293,7 @@ def dissonance_intervals(metrics: pd.DataFrame, table: pd.DataFrame, total: int)
 
 
 def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_paths: dict[str, list[str]],
-                   modules_path: str, usage_score: str, ks: list[float], out: dict) -> str:
+                   modules_path: str, usage_score: str, ks: list[float], out: dict, model: str = "") -> str:
     """``usage_paths``: source ('A', 'B', 'H') -> usage files (one per fold; H has one);
     ``modules_path``: the module table written at conversion (name, block, type, width)."""
     from workflow_scripts.training.usage import load_usage
@@ -311,7 +311,7 @@ def write_overview(metrics_paths: list[str], curves_paths: list[str], usage_path
     plot_dissonance(metrics, curves, total, out["dissonance"])
     swept = plot_sweeps(metrics, total, out["sweeps"])
 
-    lines = ["# Targeted updates: overview", "",
+    lines = ["# Targeted updates: overview", "", *([f"Model: {model}.", ""] if model else []),
              f"{total:,} tracked neurons ({len(modules)} linear modules). Usage score: {usage_score}.", ""]
     table = dissonance_table(metrics, curves)
     if len(table):

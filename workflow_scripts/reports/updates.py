@@ -118,7 +118,8 @@ def plot_pareto(table: pd.DataFrame, title: str, dest: str) -> None:
     save_figure(fig, dest)
 
 
-def write_scenario_report(rows: list[str], curves: list[str], scenario_name: str, out: dict) -> pd.DataFrame:
+def write_scenario_report(rows: list[str], curves: list[str], scenario_name: str, out: dict,
+                          model: str = "") -> pd.DataFrame:
     """Merged tidy table and curves (Parquet), summary (CSV and Markdown), vs-k and Pareto figures."""
     sc = scenario(scenario_name)
     table = pd.concat([pd.read_parquet(p) for p in rows], ignore_index=True)
@@ -138,6 +139,7 @@ def write_scenario_report(rows: list[str], curves: list[str], scenario_name: str
     show["train_s"] = summary.train_seconds_mean.round(1)
     text = [
         f"# Scenario {sc.name} (paper section {sc.paper})", "",
+        *([f"Model: {model}.", ""] if model else []),
         f"{sc.title[0].upper() + sc.title[1:]}. Keeps slice {sc.keep}; learns slice {sc.learn} "
         f"({'counterfacts, target_new' if sc.target == 'target_new' else 'target_true'}). "
         f"Accuracies pooled over {table.fold.nunique()} fold(s): share [95 % Wilson interval] n = facts; "

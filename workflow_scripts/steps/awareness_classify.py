@@ -1,4 +1,5 @@
-"""Rule awareness_classify: classifiers, ablations and the best saved classifier of one setting."""
+"""Rule awareness_classify: headline resplits, ablations, per-sample predictions and the best saved classifier
+of one setting."""
 
 import sys
 from pathlib import Path
@@ -10,10 +11,10 @@ from workflow_scripts.awareness.experiment import classify  # noqa: E402
 
 
 def main(input, output, params, threads):
-    outputs = {k: getattr(output, k) for k in ("metrics", "confusion", "importance", "model", "model_info")}
+    outputs = {k: getattr(output, k) for k in ("metrics", "confusion", "predictions", "importance", "model", "model_info")}
     classify(params.setting, input.samples, input.features, input.catalog, outputs,
              list(params.seeds), list(params.classifiers), params.ablation_classifier, params.test_fraction,
-             params.block_ranges)
+             params.block_ranges, int(params.resplits))
 
 
 if __name__ == "__main__":

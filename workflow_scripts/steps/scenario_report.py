@@ -13,7 +13,7 @@ OUTPUTS = ("metrics", "curves", "csv", "summary", "vs_k", "pareto")
 
 def main(input, output, params, threads):
     write_scenario_report(list(input.rows), list(input.curves), params.scenario,
-                          {k: getattr(output, k) for k in OUTPUTS})
+                          {k: getattr(output, k) for k in OUTPUTS}, getattr(params, "model", ""))
 
 
 if __name__ == "__main__":

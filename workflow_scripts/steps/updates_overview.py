@@ -17,7 +17,7 @@ def main(input, output, params, threads):
     }
     outputs = {k: getattr(output, k) for k in ("summary", "dissonance", "location", "usage", "sweeps")}
     write_overview(list(input.metrics), list(input.curves), usage, str(input.modules), params.usage_score,
-                   list(params.k), outputs)
+                   list(params.k), outputs, getattr(params, "model", ""))
 
 
 if __name__ == "__main__":

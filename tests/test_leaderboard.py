@@ -24,7 +24,8 @@ def rows_and_items(kept: dict[tuple[str, str], list[int]], folds=(0, 1), n=20):
         for fold in folds:
             rows.append({"scenario": scenario, "method": method, "variant": variant, "fold": fold, "arm": strategy or method,
                          "strategy": strategy, "k_fraction": k, "lr_ratio": 1.0, "epochs": 10, "batch_size": 16,
-                         "learned_epoch": 3.0, "retention_at_learned": 0.5})
+                         "learned_epoch": 3.0 + fold, "retention_at_learned": 0.5 if fold == 0 else np.nan,
+                         "n_retained_base": n})
             for cid in range(n):
                 items.append({"scenario": scenario, "method": method, "variant": variant, "fold": fold, "case_id": cid,
                               "item": 0, "metric": "retention_old", "correct": cid in retained})
@@ -47,6 +48,10 @@ def test_shares_pool_folds_with_wilson_intervals_and_mcnemar_against_the_referen
     assert board.loc["plastic_k0.2", "retention_vs_ref"] == "higher"
     assert board.loc["plastic_k0.2", "acquisition_vs_ref"] == "n.s."  # identical outcomes
     assert "0.95 [" in markdown(board.reset_index(), {"method": "full", "variant": "default"})
+    # matched acquisition: only fold 0 reached 90 %: 10 of its 20 facts, epoch 3
+    assert board.loc["default", "retention_at_learned"] == 0.5 and board.loc["default", "retention_at_learned_n"] == 20
+    assert board.loc["default", "learned_folds"] == 1 and board.loc["default", "learned_epoch"] == 3.0
+    assert board.loc["default", "retention_at_learned_lo"] < 0.5 < board.loc["default", "retention_at_learned_hi"]
 
 
 def test_a_scenario_is_tested_against_its_control_on_the_same_old_facts():

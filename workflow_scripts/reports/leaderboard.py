@@ -61,11 +61,27 @@ def leaderboard(rows: pd.DataFrame, items: pd.DataFrame, reference: dict) -> pd.
             diff = (test["only_a"] - test["only_b"]) / len(both)
             entry[f"{column}_vs_ref_p"] = test["p_value"]
             entry[f"{column}_vs_ref"] = ("higher" if diff > 0 else "lower") if test["p_value"] < ALPHA else "n.s."
-        for column in ("learned_epoch", "retention_at_learned"):  # matched acquisition (runs with curves)
-            entry[column] = float(part[column].mean()) if column in part else np.nan
+        entry.update(matched_acquisition(part))
         entry["reference"] = is_ref
         out.append(entry)
     return pd.DataFrame(out)
+
+
+def matched_acquisition(part: pd.DataFrame) -> dict:
+    """Retention at matched acquisition (the first epoch with at least 90 % of the update learned),
+    pooled over the folds that got there: share, count, Wilson interval, mean epoch, folds reached."""
+    out = {"learned_epoch": np.nan, "retention_at_learned": np.nan, "retention_at_learned_n": 0,
+           "retention_at_learned_lo": np.nan, "retention_at_learned_hi": np.nan, "learned_folds": 0}
+    if "retention_at_learned" not in part:
+        return out
+    reached = part[part.retention_at_learned.notna()]
+    n = int(reached.n_retained_base.sum()) if len(reached) else 0
+    k = int((reached.retention_at_learned * reached.n_retained_base).round().sum()) if n else 0
+    low, high = wilson(k, n)
+    out.update({"learned_epoch": float(reached.learned_epoch.mean()) if len(reached) else np.nan,
+                "retention_at_learned": k / n if n else np.nan, "retention_at_learned_n": n,
+                "retention_at_learned_lo": low, "retention_at_learned_hi": high, "learned_folds": len(reached)})
+    return out
 
 
 def paired_scenarios(rows: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -156,8 +172,9 @@ INTRO = ("Every run, per scenario: share [95 % Wilson interval] (items), pooled 
              "facts learned; generalisation = their paraphrases; locality = neighbourhood prompts whose "
              "next-token prediction is unchanged. vs ref: exact McNemar test against "
              "{ref} on the same items (higher/lower only at p < " + str(ALPHA) + "; "
-             "n.s. = not resolved at this size). At 90 %: retention at the first epoch where at least 90 % of "
-             "the update is learned (matched acquisition; scenarios with per-epoch curves), and that epoch.")
+             "n.s. = not resolved at this size). Retention at 90 % learned: retention at the first epoch where at least 90 % of "
+             "the update is learned (matched acquisition; scenarios with per-epoch curves), pooled over the folds that got "
+             "there, the mean epoch and how many folds got there.")
 
 
 def display_table(part: pd.DataFrame) -> pd.DataFrame:
@@ -169,8 +186,11 @@ def display_table(part: pd.DataFrame) -> pd.DataFrame:
             **{f"{c} vs ref (p)": [f"{r} ({p:.3g})" if r else "reference" if ref else "–"
                                    for r, p, ref in zip(part[f"{c}_vs_ref"], part[f"{c}_vs_ref_p"], part.reference)]
                for c in TESTED},
-            "at 90 % (epoch)": ["–" if np.isnan(r) else f"{r:.2f} ({e:.0f})"
-                                for r, e in zip(part.retention_at_learned, part.learned_epoch)],
+            "retention at 90 % learned": [
+                "not reached" if np.isnan(r) else f"{_cell(r, n, lo, hi)}, epoch {e:.1f}, {f}/{t} folds"
+                for r, n, lo, hi, e, f, t in zip(part.retention_at_learned, part.retention_at_learned_n,
+                                                 part.retention_at_learned_lo, part.retention_at_learned_hi,
+                                                 part.learned_epoch, part.learned_folds, part.folds)],
         })
 
 

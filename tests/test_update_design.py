@@ -328,3 +328,30 @@ def test_starter_counterfacts_keep_each_relations_object_distribution():
     total = sum(true.values())
     # frequency-weighted draws: every continent's share of counterfacts within 0.15 of its share of facts
     assert all(abs(new[o] / total - true[o] / total) <= 0.15 for o in true)
+
+
+def merged_config(path):
+    """config.yaml with a --configfile on top (nested mappings merge, everything else replaces)."""
+    def merge(base, extra):
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    with open("config.yaml", encoding="utf-8") as fh, open(path, encoding="utf-8") as extra:
+        return validate_config(merge(yaml.safe_load(fh), yaml.safe_load(extra)))
+
+
+@pytest.mark.parametrize("path", ["config/cpu_study.yaml", "config/original.yaml"])
+def test_the_shipped_study_configs_validate_and_tune_every_family_they_run(path):
+    cfg = merged_config(path)
+    runs = build_runs(cfg)
+    assert cfg["updates"]["tune_lr"] and len(cfg["updates"]["folds"]) >= 3
+    tuned = {r.method for r in runs.values() if r.scenario == "lr_tuning"}
+    assert {r.method for r in runs.values()} == tuned
+    assert all(r.fold == cfg["updates"]["folds"][0] for r in runs.values() if r.scenario == "lr_tuning")
+    assert all(float(r.params["k"]) <= 1 for r in runs.values() if "k" in r.params)  # fractions: any model
+    for name in ("nondissonant_update", "dissonant_update", "matched_control", "false_nonconflicting"):
+        assert any(r.scenario == name for r in runs.values()), name

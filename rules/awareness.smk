@@ -148,8 +148,7 @@ rule awareness_report:
                               labels={"figure": "feature distributions"}),
     params:
         settings=config["awareness"]["settings"],
-        model_source=config["model"]["source"],
-        model_dtype=config["model"]["dtype"],
+        model=describe_model(config["model"]["source"], config["model"]["dtype"]),
         test_fraction=config["awareness"]["test_fraction"],
     log:
         res("logs/awareness_report.log"),

@@ -105,6 +105,11 @@ def run_files(kind, scenario=None, reported=False):
 TUNING_RUNS = {name for name, s in _SCENARIOS.items() if s.tuning}
 
 
+def tuned_methods():
+    """Methods the lr_tuning scenario runs (each gets its own rates file)."""
+    return sorted({run.method for run in RUNS.values() if run.scenario in TUNING_RUNS})
+
+
 def update_scenarios(reported=False):
     """Scenarios with at least one configured run, in config order (``reported``: not tuning ones)."""
     return scenarios_with_runs(RUNS, reported)

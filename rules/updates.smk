@@ -85,11 +85,29 @@ rule scenario_report:
 
 
 rule lr_choice:
-    """Each method family's learning rate, chosen on the validation slice V by the declared rule."""
+    """One method family's learning rate, chosen on the validation slice V by the declared rule."""
     input:
-        rows=lambda wc: run_files("row", TUNING_SCENARIO),
+        rows=lambda wc: [f for f in run_files("row", TUNING_SCENARIO) if f"/{wc.method}/" in f],
     output:
-        rates=res("tuning/lr.json"),
+        rates=res("tuning/lr_{method}.json"),
+        table=res("tuning/lr_{method}.tsv"),
+    wildcard_constraints:
+        method="|".join(METHODS),
+    log:
+        res("logs/lr_choice_{method}.log"),
+    benchmark:
+        res("benchmarks/lr_choice_{method}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/lr_choice.py"
+
+
+rule lr_tuning_table:
+    """Every family's tuning table and chosen rate in one table."""
+    input:
+        tables=expand(res("tuning/lr_{method}.tsv"), method=tuned_methods()),
+    output:
         table=report(
             res("report/lr_tuning.tsv"),
             caption="../report/lr_tuning.rst",
@@ -97,9 +115,7 @@ rule lr_choice:
             labels={"table": "learning-rate tuning"},
         ),
     log:
-        res("logs/lr_choice.log"),
-    benchmark:
-        res("benchmarks/lr_choice.tsv")
+        res("logs/lr_tuning_table.log"),
     conda:
         "../envs/ml.yaml"
     script:

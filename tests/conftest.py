@@ -101,8 +101,11 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "probe": {"batch_size": 8},
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
-                      "n_per_class": 6, "seeds": [0, 1], "test_fraction": 0.34, "block_ranges": 2},
-        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "known_old": 6}, "old_epochs": 25, "scenarios": {
+                      "n_per_class": 6, "seeds": [0, 1], "resplits": 2, "test_fraction": 0.34, "block_ranges": 2},
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 4, "V": 4, "known_old": 6}, "old_epochs": 25,
+                    "tune_lr": True, "scenarios": {
+            "lr_tuning": {"epochs": 25, "methods": {
+                "full": {"lr_ratio": [1.0, 3.0]}, "lora": {}, "neurons": {"strategy": "plastic", "k": 20}}},
             "nondissonant_update": {"epochs": 25, "methods": {
                 "full": [{}, {"lr_ratio": 0.5}], "lora": {},
                 "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
@@ -111,6 +114,7 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
             "matched_control": {"epochs": 25, "curves": True, "methods": {
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+            "false_nonconflicting": {"epochs": 25, "curves": True, "methods": {"full": {}}},
         }},
     }
     for key, value in changes.items():

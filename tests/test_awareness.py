@@ -1,4 +1,5 @@
-"""Dissonance awareness: features (shape, names, batched = one at a time), samples, splits, classifiers."""
+"""Dissonance awareness: features (shape, names, batched = one at a time, baselines), samples, subject
+groups and splits, classifiers over resplits, paired bootstrap, the report."""
 
 import json
 
@@ -7,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_scripts.awareness.classify import feature_sets, split_by_fact
+from workflow_scripts.awareness.classify import HEADLINE_SETS, feature_sets, split_by_group
 from workflow_scripts.awareness.experiment import classify, feature_catalog, load_classifier
-from workflow_scripts.awareness.samples import build_samples
+from workflow_scripts.awareness.samples import build_samples, subject_groups
 from workflow_scripts.facts.fictionalise import fictionalise
+from workflow_scripts.features.baseline import baseline_feature_names, baseline_features
 from workflow_scripts.features.internal import MODALITIES, NORMALISATIONS, STATISTICS, flatten, internal_features
 from workflow_scripts.features.output import output_feature_names, output_features
 from workflow_scripts.io import write_parquet
 from workflow_scripts.models.architectures import linear_modules
+from workflow_scripts.reports.awareness import group_bootstrap, paired_tests, write_awareness_report
 
 TEXTS = [
     "The capital of France is Paris",
@@ -34,7 +37,8 @@ def test_internal_feature_shape_and_catalog(tiny):
     assert feats.shape == (len(TEXTS), len(NORMALISATIONS), len(MODALITIES), n_modules, len(STATISTICS))
     assert np.isfinite(feats).all()
     catalog = feature_catalog(index)
-    assert len(catalog) == flatten(feats).shape[1] + len(output_feature_names())
+    assert len(catalog) == flatten(feats).shape[1] + len(output_feature_names()) + len(baseline_feature_names())
+    assert catalog[catalog.family == "baseline"].baseline.tolist() == ["logprob", "tokens"]
     assert catalog.feature.is_unique
     internal = catalog[catalog.family == "internal"]
     assert set(internal.statistic) == set(STATISTICS) and set(internal.modality) == set(MODALITIES)
@@ -99,19 +103,85 @@ def test_samples_are_balanced_and_paired(starter):
     assert (counts == 12).all() and len(counts) == 6
     fam = samples[(samples.label == "familiar") & (samples.probe == "prompt")]
     dis = samples[(samples.label == "dissonant") & (samples.probe == "prompt")]
-    assert fam.group.tolist() == dis.group.tolist()
+    assert fam.group.tolist() == dis.group.tolist() and fam.case_id.tolist() == dis.case_id.tolist()
     by_id = {r["case_id"]: r for r in starter}
-    for g, text in zip(dis.group, dis.text):
-        assert text.endswith(" " + by_id[g]["requested_rewrite"]["target_new"]["str"])
-        assert g in known
+    for case_id, target, text in zip(dis.case_id, dis.target, dis.text):
+        assert target == by_id[case_id]["requested_rewrite"]["target_new"]["str"]
+        assert text.endswith(" " + target)
+        assert case_id in known
+    assert (samples.text == samples.prompt + " " + samples.target).all()
+    para = samples[(samples.label == "familiar") & (samples.probe == "paraphrase")]
+    assert [by_id[c]["paraphrase_prompts"][0].rstrip() for c in para.case_id] == para.prompt.tolist()
+
+
+def test_samples_sharing_a_subject_or_an_invented_name_share_a_group(starter):
+    novel = fictionalise(starter, 200, seed=0)
+    samples = build_samples(starter, {r["case_id"] for r in starter}, novel, n_per_class=80, seed=1)
+    real = samples[samples.label != "novel"]
+    assert (real.groupby("subject").group.nunique() == 1).all()  # familiar and dissonant versions included
+    assert real.subject.nunique() < real.case_id.nunique()  # some subjects hold several facts
+    nov = samples[samples.label == "novel"]
+    assert not set(nov.group) & set(real.group)
+    by_id = {r["case_id"]: r["requested_rewrite"] for r in novel}
+    names = {}
+    for case_id, group in zip(nov.case_id, nov.group):
+        for name in (by_id[case_id]["subject"], by_id[case_id]["target_true"]["str"]):
+            names.setdefault(name, set()).add(group)
+    assert all(len(groups) == 1 for groups in names.values())
+    assert any(len(set(nov.case_id[nov.group == g])) > 1 for g in nov.group.unique())  # names are reused
+
+
+def test_subject_groups_are_connected_components_of_invented_names():
+    real = pd.DataFrame({"subject": ["France", "Japan", "France"]})
+    novel = pd.DataFrame({"subject": ["Zorb", "Klee", "Mip", "Fandor", "Quo"],
+                          "target_true": ["Vela", "Vela", "Fandor", "Tessa", "Quo"]})
+    real_groups, novel_groups = subject_groups(real, novel)
+    assert real_groups[0] == real_groups[2] != real_groups[1]
+    assert novel_groups[0] == novel_groups[1]  # share the object Vela
+    assert novel_groups[2] == novel_groups[3]  # Fandor is one's object and the other's subject
+    assert len({novel_groups[0], novel_groups[2], novel_groups[4]}) == 3
+    assert not set(real_groups) & set(novel_groups)
+    assert subject_groups(real, novel) == (real_groups, novel_groups)  # deterministic
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_split_by_fact_never_straddles(seed):
-    groups = np.repeat(np.arange(30), 2)
-    train, test = split_by_fact(groups, 0.25, seed)
+def test_split_by_group_never_straddles_and_is_stratified(seed):
+    rng = np.random.default_rng(seed)
+    groups = np.concatenate([np.repeat(np.arange(40), 2), 100 + rng.integers(0, 25, size=40)])
+    labels = np.array(["familiar", "dissonant"] * 40 + ["novel"] * 40)
+    train, test = split_by_group(groups, labels, 0.25, seed)
     assert not set(groups[train]) & set(groups[test])
-    assert len(train) + len(test) == len(groups)
+    assert sorted(np.concatenate([train, test])) == list(range(len(groups)))
+    assert 0.15 < len(test) / len(groups) < 0.35
+    counts = pd.Series(labels[test]).value_counts()
+    assert set(counts.index) == {"familiar", "dissonant", "novel"} and counts.max() - counts.min() <= 4
+
+
+def test_resplits_draw_different_test_sets():
+    groups = np.repeat(np.arange(60), 2)
+    labels = np.array(["familiar", "novel"] * 60)
+    tests = [frozenset(split_by_group(groups, labels, 0.25, seed)[1]) for seed in range(10)]
+    assert len(set(tests)) == 10
+    assert split_by_group(groups, labels, 0.25, 3)[1].tolist() == sorted(tests[3])  # seeded
+
+
+def test_baseline_features_equal_a_direct_computation(tiny):
+    _, model, tok = tiny
+    prompts = ["The capital of France is", "The official language of Japan is", "Lionel Messi is known for the sport of"]
+    targets = ["Paris", "Japanese", "football"]
+    texts = [f"{p} {t}" for p, t in zip(prompts, targets)]
+    got = baseline_features(model, tok, prompts, targets, texts, batch_size=2)
+    assert got.shape == (3, len(baseline_feature_names()))
+    for i, (prompt, text) in enumerate(zip(prompts, texts)):
+        ids = tok(text)["input_ids"]
+        n_prompt = len(tok(prompt)["input_ids"])
+        assert ids[:n_prompt] == tok(prompt)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        want = sum(float(logp[k - 1, ids[k]]) for k in range(n_prompt, len(ids)))
+        assert got[i, 0] == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert got[i, 1] == len(ids)
+    np.testing.assert_allclose(baseline_features(model, tok, prompts, targets, texts, batch_size=1), got, rtol=1e-5)
 
 
 def _synthetic(tmp_path, separable=True, n=24):
@@ -152,15 +222,22 @@ def test_feature_sets_select_by_catalog(tmp_path):
     assert set(catalog[sets["blocks:1-1"]].block) == {1}
     assert set(catalog[sets["module:mlp"]].module) == {"mlp"}
     assert sets["both+output"].sum() == sets["both"].sum() + sets["output"].sum()
+    for name in ("logprob", "tokens"):
+        chosen = catalog[sets[f"baseline:{name}"]]
+        assert len(chosen) == 1 and chosen.family.iloc[0] == "baseline" and chosen.baseline.iloc[0] == name
+    baseline = (catalog.family == "baseline").to_numpy()
+    assert not any((cols & baseline).any() for k, cols in sets.items() if not k.startswith("baseline:"))
+
+
+OUTPUTS = ("metrics", "confusion", "predictions", "importance", "model", "model_info")
 
 
 def test_classification_learns_is_deterministic_and_saves_safely(tmp_path):
     paths, catalog = _synthetic(tmp_path)
-    outs = [{k: tmp_path / f"{i}_{k}" for k in ("metrics", "confusion", "importance", "model", "model_info")}
-            for i in range(2)]
+    outs = [{k: tmp_path / f"{i}_{k}" for k in OUTPUTS} for i in range(2)]
     runs = [classify("pretrained", str(paths["samples"]), str(paths["features"]), str(paths["catalog"]), out,
                      seeds=[0, 1], classifiers=["logreg", "rf"], ablation_classifier="logreg",
-                     test_fraction=0.25, block_ranges=2) for out in outs]
+                     test_fraction=0.25, block_ranges=2, resplits=3) for out in outs]
     pd.testing.assert_frame_equal(runs[0], runs[1])
     m = runs[0]
     grads = m[(m.feature_set == "gradients")].accuracy.mean()
@@ -174,6 +251,135 @@ def test_classification_learns_is_deterministic_and_saves_safely(tmp_path):
     importance = pd.read_parquet(outs[0]["importance"])
     top = importance.groupby("modality").importance.sum()
     assert top["gradient"] > top["activation"]
+
+
+def test_headline_runs_every_resplit_and_ablations_every_seed(tmp_path):
+    paths, _ = _synthetic(tmp_path, n=12)
+    out = {k: tmp_path / k for k in OUTPUTS}
+    m = classify("finetuned", str(paths["samples"]), str(paths["features"]), str(paths["catalog"]), out,
+                 seeds=[0, 7], classifiers=["logreg"], ablation_classifier="logreg", test_fraction=0.25,
+                 block_ranges=2, resplits=4)
+    head = m[m.headline]
+    for (probe, feature_set), part in head.groupby(["probe", "feature_set"]):
+        assert sorted(part.seed) == [0, 1, 2, 3], (probe, feature_set)
+    assert set(head.feature_set) == set(HEADLINE_SETS) and set(head.probe) == {"prompt", "paraphrase"}
+    assert set(head[head.feature_set.str.startswith("baseline:")].normalisation) == {"none"}
+    assert not m.duplicated(["probe", "feature_set", "normalisation", "classifier", "seed"]).any()
+    ablation = m[~m.headline]
+    assert set(ablation.seed) == {0, 7}  # seed 0 of the ablations (z-scored, other sets) is no headline run
+    assert sorted(m[m.feature_set == "gradients"].seed.unique()) == [0, 7]
+    assert sorted(m[m.feature_set == "baseline:tokens"].seed.unique()) == [0, 1, 2, 3]
+    preds = pd.read_parquet(out["predictions"])
+    keys = ["probe", "feature_set", "normalisation", "classifier", "seed"]
+    per_run = preds.groupby(keys).agg(n=("correct", "size"), accuracy=("correct", "mean")).reset_index()
+    joined = m.merge(per_run, on=keys)
+    assert len(joined) == len(m)
+    assert (joined.n == joined.n_test).all()
+    np.testing.assert_allclose(joined.accuracy_x, joined.accuracy_y)
+    assert (preds.correct == (preds.label == preds.predicted)).all()
+    # the same split for every feature set of a probe and resplit: paired comparisons see the same samples
+    ids = preds[preds.seed == 2].groupby(["probe", "feature_set"]).sample_id.apply(frozenset)
+    assert ids.groupby(level="probe").nunique().eq(1).all()
+
+
+def test_group_bootstrap_interval_and_p_value():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), 2)
+    same = group_bootstrap(np.zeros(120), groups)
+    assert same["p_value"] == 1.0 and same["mean"] == same["low"] == same["high"] == 0.0
+    better = (rng.random(120) < 0.9).astype(float) - (rng.random(120) < 0.4).astype(float)
+    b = group_bootstrap(better, groups)
+    assert b["p_value"] < 0.001 and 0 < b["low"] < b["mean"] < b["high"]
+    assert b["n"] == 120 and b["n_groups"] == 60
+    noise = rng.choice([-1.0, 0.0, 1.0], size=120)
+    assert group_bootstrap(noise, groups)["p_value"] > 0.05
+    # whole groups are resampled: identical values within groups widen the interval
+    values = (rng.random(60) < 0.5).astype(float)
+    independent = group_bootstrap(np.repeat(values, 2), np.arange(120))
+    clustered = group_bootstrap(np.repeat(values, 2), groups)
+    assert clustered["high"] - clustered["low"] > 1.2 * (independent["high"] - independent["low"])
+
+
+def _predictions(correct_a, correct_b, groups):
+    rows = []
+    for feature_set, correct in (("both", correct_a), ("output", correct_b)):
+        for seed in range(2):
+            rows.append(pd.DataFrame({"setting": "pretrained", "probe": "paraphrase", "feature_set": feature_set,
+                                      "normalisation": "raw", "classifier": "svm", "seed": seed, "headline": True,
+                                      "sample_id": np.arange(len(groups)), "group": groups, "label": "novel",
+                                      "predicted": "novel", "correct": correct}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_paired_test_of_identical_predictions_gives_p_one_and_a_better_classifier_a_small_p():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(40), 2)
+    same = rng.random(80) < 0.6
+    t = paired_tests(_predictions(same, same, groups), others=["output"]).iloc[0]
+    assert t.p_value == 1.0 and t.difference == 0.0 and t.n == 80
+    t = paired_tests(_predictions(rng.random(80) < 0.95, rng.random(80) < 0.35, groups), others=["output"]).iloc[0]
+    assert t.p_value < 0.001 and t.low > 0.3 and t.n == 80
+
+
+def test_verdicts_claim_a_win_only_at_p_below_005():
+    from workflow_scripts.reports.awareness import verdicts
+
+    tests = pd.DataFrame({"setting": "pretrained", "probe": ["paraphrase"] * 3 + ["prompt"] * 3,
+                          "baseline": ["output", "baseline:logprob", "baseline:tokens"] * 2,
+                          "difference": [0.2, 0.3, 0.25, 0.2, 0.05, -0.2], "low": 0.0, "high": 0.0,
+                          "p_value": [0.001, 0.0, 0.01, 0.001, 0.3, 0.002], "n": 90})
+    para, prompt = verdicts(tests, "pretrained")
+    assert para.startswith("- paraphrase probe: **internal features beat the baselines**")
+    assert "beat the baselines" not in prompt
+    assert "log-probability: not resolved at this size" in prompt
+    assert "token count: **the baseline is better**" in prompt
+
+
+def test_report_gives_every_accuracy_an_interval_and_n(tmp_path):
+    import re
+
+    from workflow_scripts.models.sources import describe_model
+
+    paths, catalog = _synthetic(tmp_path)
+    inputs = {k: [] for k in ("metrics", "confusion", "predictions", "importance", "samples", "features", "catalog")}
+    out = {k: tmp_path / f"run_{k}" for k in OUTPUTS}
+    classify("pretrained", str(paths["samples"]), str(paths["features"]), str(paths["catalog"]), out,
+             seeds=[0], classifiers=["logreg", "rf"], ablation_classifier="logreg", test_fraction=0.25,
+             block_ranges=2, resplits=10)
+    for setting in ("pretrained", "finetuned"):  # the same runs stand in for both settings
+        for k in ("metrics", "confusion", "predictions", "importance"):
+            dest = tmp_path / f"{setting}_{k}.parquet"
+            write_parquet(pd.read_parquet(out[k]).assign(setting=setting), dest)
+            inputs[k].append(str(dest))
+        for k in ("samples", "features", "catalog"):
+            inputs[k].append(str(paths[k]))
+    outputs = {k: str(tmp_path / "report" / name) for k, name in (
+        ("metrics", "metrics.parquet"), ("paired", "paired.parquet"), ("summary", "awareness.md"),
+        ("csv", "awareness.csv"), ("confusion", "c.png"), ("feature_sets", "f.png"), ("importance", "i.png"),
+        ("distributions", "d.png"))}
+    write_awareness_report(["pretrained", "finetuned"], inputs, outputs,
+                           model=describe_model("embedded:smollm2", "float32"), test_fraction=0.25)
+    text = (tmp_path / "report" / "awareness.md").read_text()
+    model_line = text.splitlines()[2]  # under the title
+    assert model_line.startswith("Model: SmolLM2-135M-Instruct") and model_line.endswith(".")
+    assert all(part in model_line for part in ("Q4_1", "dequantised to fp32", "without a chat template"))
+    assert "the paraphrase probe is the headline" in text
+    interval = r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n=\d+\)"
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|:") and "feature" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            accuracy_cells = [c for c in cells if re.match(r"^[01]\.\d{3} \[", c)]
+            assert accuracy_cells and all(re.fullmatch(interval, c) for c in accuracy_cells), line
+    for setting in ("Pre-trained", "Fine-tuned"):
+        section = text.split(f"## {setting}")[1].split("## ")[0]
+        assert section.index("| paraphrase") < section.index("| prompt")
+        assert section.count("internal features beat the baselines") == 2  # the signal sits in the gradients
+    summary = pd.read_csv(outputs["csv"])
+    assert (summary.accuracy_lo <= summary.accuracy).all() and (summary.accuracy <= summary.accuracy_hi).all()
+    head = summary[summary.headline & (summary.feature_set == "both") & (summary.probe == "paraphrase")]
+    assert (head.splits == 10).all() and (head.accuracy_n > 0.8 * 72).all()
+    paired = pd.read_parquet(outputs["paired"])
+    assert len(paired) == 2 * 2 * 3 and (paired.p_value < 0.05).all() and (paired.difference > 0.3).all()
 
 
 def test_statistics_match_numpy():

@@ -242,7 +242,7 @@ def test_tuned_runs_take_their_rate_from_the_tuning_scenario_on_its_folds_only()
     assert {r.fold for r in tuning} == {0} and len(tuning) == 3 and not any(r.tuned for r in tuning)
     updates = [r for r in runs.values() if r.scenario == "nondissonant_update"]
     assert len(updates) == 4 and all(r.tuned for r in updates)
-    assert all(run_inputs(r)["lr_rates"] == "tuning/lr.json" for r in updates)
+    assert all(run_inputs(r)["lr_rates"] == "tuning/lr_full.json" for r in updates)
     assert all("lr_rates" not in run_inputs(r) for r in tuning)
     assert {row["lr"] for row in table_rows(runs)} == {"tuned x lr_ratio", "training.lr x lr_ratio"}
 

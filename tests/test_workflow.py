@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pandas as pd
@@ -16,7 +17,7 @@ from conftest import E2E_FACTS, E2E_NOVEL, REPO, snakemake, write_config
 RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_familiarity", "report_probe",
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
          "awareness_classify", "awareness_report", "fold_slices", "checkpoint_a", "checkpoint_b",
-         "update", "scenario_report", "updates_overview", "leaderboard", "run_table"]
+         "update", "scenario_report", "updates_overview", "leaderboard", "run_table", "lr_choice", "lr_tuning_table"]
 UPDATES = {"fold_slices", "checkpoint_a", "checkpoint_b", "update", "scenario_report", "updates_overview", "leaderboard"}
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
@@ -49,9 +50,9 @@ def test_every_output_is_produced(finished_run):
         assert (res / "awareness" / setting / "classifier.skops").is_file()
     assert (res / "usage" / "history_H.safetensors").is_file()
     slices = pd.read_parquet(res / "stages" / "fold0" / "slices.parquet")
-    assert slices.slice.value_counts()[["A", "B", "C", "K"]].tolist() == [6, 4, 4, 6]
+    assert slices.slice.value_counts()[["A", "B", "C", "D", "V", "K"]].tolist() == [6, 4, 4, 4, 4, 6]
     base_known = pd.read_parquet(res / "probe" / "facts.parquet").query("target_kind == 'true' and correct")
-    assert set(slices.case_id[slices.slice.isin(["A", "B", "C"])]).isdisjoint(base_known.case_id)
+    assert set(slices.case_id[slices.slice.isin(["A", "B", "C", "D", "V"])]).isdisjoint(base_known.case_id)
     assert set(slices.case_id[slices.slice == "K"]) <= set(base_known.case_id)
     after_b = pd.read_parquet(res / "stages" / "fold0" / "known_AB.parquet")
     # checkpoint AB learns B (at least 3 of the 4: the tiny model can stall on two facts that differ only
@@ -61,17 +62,23 @@ def test_every_output_is_produced(finished_run):
     assert (learned_b.first_token_rank <= 2).all()  # a fact not yet known is at least runner-up
 
     runs = pd.read_csv(res / "runs.tsv", sep="\t")
-    assert len(runs) == 6 + 6 + 3 + 3 and set(runs.scenario) == {"nondissonant_update", "lottery", "dissonant_update",
-                                                                  "matched_control"}
+    assert len(runs) == 4 + 6 + 6 + 3 + 3 + 1 and set(runs.scenario) == {
+        "lr_tuning", "nondissonant_update", "lottery", "dissonant_update", "matched_control", "false_nonconflicting"}
+    # learning rates: each family's chosen on V by the declared rule, then used by its every other run
+    rates = {m: json.loads((res / "tuning" / f"lr_{m}.json").read_text())["lr_ratio"] for m in ("full", "lora", "neurons")}
+    assert rates["full"] in (1.0, 3.0) and rates["lora"] == rates["neurons"] == 1.0  # one rate offered
+    tuning = pd.read_csv(res / "report" / "lr_tuning.tsv", sep="\t")
+    assert tuning.chosen.sum() == 3 and set(tuning.method) == {"full", "lora", "neurons"}
     updates = pd.read_parquet(res / "updates" / "nondissonant_update" / "metrics.parquet")
-    main = updates[updates.lr_ratio == 1.0]
+    assert (updates.lr_tuned_ratio == updates.method.map(rates)).all()
+    main = updates[(updates.lr_ratio / updates.lr_tuned_ratio).round(6) == 1.0]
     assert sorted(main.arm) == ["full", "lora", "plastic", "specific", "stubborn"]
     assert (main[main.method == "neurons"].k == 20).all()
     assert updates.acc_new.between(0, 1).all() and updates.retention_old.between(0, 1).all()
     assert (updates.acc_new_lo <= updates.acc_new).all() and (updates.acc_new <= updates.acc_new_hi).all()
     assert (main[main.arm == "full"].acc_new >= 0.75).all()  # 4 facts, 25 epochs (see checkpoint AB above)
     swept = updates[updates.variant == "lr0.5"]
-    assert swept.method.tolist() == ["full"] and swept.lr.iloc[0] == pytest.approx(0.0015)
+    assert swept.method.tolist() == ["full"] and swept.lr.iloc[0] == pytest.approx(0.0015 * rates["full"])
     lottery = pd.read_parquet(res / "updates" / "lottery" / "metrics.parquet")
     assert sorted(lottery.strategy.unique()) == ["lottery", "non_lottery", "random"] and sorted(lottery.k.unique()) == [20, 60]
     assert (lottery.n_old == 6).all() and (lottery.n_retained_base == 6).all()  # K: known by the base model
@@ -93,7 +100,8 @@ def test_every_output_is_produced(finished_run):
     assert len(board) == len(runs)
     assert {"retention", "retention_lo", "retention_hi", "acquisition", "generalisation", "locality",
             "retention_vs_ref_p"} <= set(board.columns)
-    assert board.reference.sum() == 3  # full/default in every scenario that runs full fine-tuning
+    assert board.reference.sum() == 4  # full/default in every reported scenario that runs full fine-tuning
+    assert "lr_tuning" not in set(board.scenario)  # tuning runs choose rates; they are not results
     assert "# Leaderboard" in (res / "report" / "leaderboard.md").read_text()
     summary = pd.read_csv(res / "report" / "familiarity.csv")
     assert summary.facts.tolist() == [E2E_FACTS, E2E_FACTS, E2E_NOVEL, E2E_NOVEL]
@@ -128,10 +136,12 @@ def test_rerun_does_nothing_and_a_param_change_reruns_only_its_jobs(finished_run
     # LoRA's rank: the LoRA runs only (and the tables that gather run rows)
     write_config(workdir, pretrained_tiny_dir, methods__lora__r=4)
     proc = snakemake(workdir, "-n")
-    assert planned_rules(proc) == {"update", "scenario_report", "updates_overview", "leaderboard", "run_table"}, proc.stdout[-3000:]
+    assert planned_rules(proc) == {"update", "scenario_report", "updates_overview", "leaderboard", "run_table",
+                                   "lr_choice", "lr_tuning_table"}, proc.stdout[-3000:]
     planned_runs = {line.split("runs/")[1].split("/fold")[0] for line in proc.stdout.splitlines()
                     if "row.parquet" in line and "output:" in line}
-    assert planned_runs == {"nondissonant_update/lora/default"}, proc.stdout[-3000:]
+    # and its tuning run, whose family's rate file alone changes (other families' runs stay)
+    assert planned_runs == {"nondissonant_update/lora/default", "lr_tuning/lora/default"}, proc.stdout[-3000:]
 
     # a number on the command line, where the schema says number
     write_config(workdir, pretrained_tiny_dir)

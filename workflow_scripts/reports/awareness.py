@@ -26,20 +26,11 @@ SET_LABELS = {
     "baseline:logprob": "target log-probability",
     "baseline:tokens": "token count",
 }
+SHORT_LABELS = {"output": "output-only", "baseline:logprob": "log-probability", "baseline:tokens": "token count"}
 SETTING_TITLES = {
     "pretrained": "Pre-trained setting (familiar = facts the base model knows)",
     "finetuned": "Fine-tuned setting (familiar = facts the model was fine-tuned on until it knew them)",
 }
-DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def model_description(source: str, dtype: str = "float32") -> str:
-    """What the model is, in words, for the report's first line."""
-    precision = DTYPE_NAMES.get(dtype, dtype)
-    if source == "embedded:smollm2":
-        return (f"SmolLM2-135M-Instruct quantised to Q4_1 and dequantised to {precision}, "
-                "prompted without a chat template")
-    return f"`{source}` in {precision}, prompted without a chat template"
 
 
 def group_bootstrap(values, groups, reps: int = REPS, seed: int = 0) -> dict:
@@ -51,7 +42,8 @@ def group_bootstrap(values, groups, reps: int = REPS, seed: int = 0) -> dict:
     familiar and dissonant versions), so resampling samples within them as well (the two-stage
     ``evaluation.stats.paired_bootstrap``, made for a few large folds) would add spurious variance.
     The p-value follows that function's convention: twice the smaller share of replicate means on
-    either side of 0, capped at 1 (1 when every value is 0; at least 2 / reps when not 0)."""
+    either side of 0, capped at 1 (1 when every value is 0; 0 when no replicate reaches 0, which the
+    report prints as p < 2 / reps)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return {"mean": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "n": 0, "n_groups": 0}
@@ -113,24 +105,39 @@ def paired_tests(predictions: pd.DataFrame, reference: str = "both", others=BASE
             b = group_bootstrap(pair.score - pair.score_other, pair.group)
             rows.append({"setting": setting, "probe": probe, "reference": reference, "baseline": other,
                          "difference": b["mean"], "low": b["low"], "high": b["high"], "p_value": b["p_value"],
-                         "n": b["n"], "reference_accuracy": pair.score.mean(), "baseline_accuracy": pair.score_other.mean()})
+                         "n": b["n"], "reference_accuracy": pair.score.mean(),
+                         "baseline_accuracy": pair.score_other.mean()})
     return pd.DataFrame(rows, columns=["setting", "probe", "reference", "baseline", "difference", "low", "high",
                                        "p_value", "n", "reference_accuracy", "baseline_accuracy"])
 
 
 def fmt_acc(value, low, high, n=None) -> str:
+    """'0.712 [0.651, 0.770] (n=282)'."""
     if pd.isna(value):
         return "–"
     text = f"{value:.3f} [{low:.3f}, {high:.3f}]"
     return text if n is None else f"{text} (n={int(n)})"
 
 
+def fmt_measure(row, name: str) -> str:
+    """A summary row's ``name`` with its interval and n."""
+    low, high, n = (getattr(row, f"{name}_{k}") for k in ("lo", "hi", "n"))
+    return fmt_acc(getattr(row, name), low, high, n)
+
+
 def fmt_p(p: float, reps: int = REPS) -> str:
+    """A bootstrap p-value: '0.031', '4e-04', or '< 2e-04' when no replicate reached 0."""
     if pd.isna(p):
         return "–"
     if p == 0:
         return f"< {2 / reps:.0e}"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+
+
+def p_text(p: float) -> str:
+    """'p = 0.031' or 'p < 2e-04'."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def probe_order(probes) -> list[str]:
@@ -154,10 +161,10 @@ def headline_table(summary: pd.DataFrame, tests: pd.DataFrame, setting: str) -> 
             t = test.iloc[0] if len(test) else None
             rows.append({
                 "probe": probe, "feature set": SET_LABELS.get(feature_set, feature_set),
-                "accuracy [95 % interval] (n)": fmt_acc(r.accuracy, r.accuracy_lo, r.accuracy_hi, r.accuracy_n),
-                "familiar vs dissonant [95 % interval] (n)": fmt_acc(
-                    r.fam_vs_diss_accuracy, r.fam_vs_diss_accuracy_lo, r.fam_vs_diss_accuracy_hi, r.fam_vs_diss_accuracy_n),
-                "internal − this [95 % interval]": "–" if t is None else f"{t.difference:+.3f} [{t.low:+.3f}, {t.high:+.3f}]",
+                "accuracy [95 % interval] (n)": fmt_measure(r, "accuracy"),
+                "familiar vs dissonant [95 % interval] (n)": fmt_measure(r, "fam_vs_diss_accuracy"),
+                "internal − this [95 % interval]":
+                    "–" if t is None else f"{t.difference:+.3f} [{t.low:+.3f}, {t.high:+.3f}]",
                 "p": "–" if t is None else fmt_p(t.p_value),
                 "splits": int(r.splits),
             })
@@ -173,7 +180,8 @@ def verdicts(tests: pd.DataFrame, setting: str) -> list[str]:
         rows = part[part.probe == probe]
         wins = (rows.p_value < ALPHA) & (rows.difference > 0)
         if len(rows) and wins.all():
-            ps = ", ".join(f"{SET_LABELS[b]} p = {fmt_p(p)}" for b, p in zip(rows.baseline, rows.p_value))
+            ps = "; ".join(f"vs {SHORT_LABELS.get(b, b)}: {d:+.3f}, {p_text(p)}"
+                           for b, d, p in zip(rows.baseline, rows.difference, rows.p_value))
             lines.append(f"- {probe} probe: **internal features beat the baselines** ({ps}).")
             continue
         parts = []
@@ -184,7 +192,8 @@ def verdicts(tests: pd.DataFrame, setting: str) -> list[str]:
                 verdict = "**the baseline is better**"
             else:
                 verdict = "not resolved at this size"
-            parts.append(f"vs {SET_LABELS[t.baseline]}: {verdict} ({t.difference:+.3f}, p = {fmt_p(t.p_value)}, n={t.n})")
+            parts.append(f"vs {SHORT_LABELS.get(t.baseline, t.baseline)}: {verdict} ({t.difference:+.3f}, "
+                         f"{p_text(t.p_value)}, n={t.n})")
         lines.append(f"- {probe} probe: " + "; ".join(parts) + ".")
     return lines
 
@@ -193,11 +202,9 @@ def all_configurations(summary: pd.DataFrame) -> pd.DataFrame:
     """Every configuration, accuracies as 'value [interval] (n)'."""
     return pd.DataFrame({
         **{k: summary[k] for k in CONFIG},
-        "accuracy [95 % interval] (n)": [fmt_acc(r.accuracy, r.accuracy_lo, r.accuracy_hi, r.accuracy_n)
-                                         for r in summary.itertuples()],
-        "familiar vs dissonant [95 % interval] (n)": [
-            fmt_acc(r.fam_vs_diss_accuracy, r.fam_vs_diss_accuracy_lo, r.fam_vs_diss_accuracy_hi, r.fam_vs_diss_accuracy_n)
-            for r in summary.itertuples()],
+        "accuracy [95 % interval] (n)": [fmt_measure(r, "accuracy") for r in summary.itertuples()],
+        "familiar vs dissonant [95 % interval] (n)": [fmt_measure(r, "fam_vs_diss_accuracy")
+                                                      for r in summary.itertuples()],
         "splits": summary.splits,
     })
 
@@ -337,12 +344,13 @@ def report_text(summary: pd.DataFrame, headline: pd.DataFrame, tests: pd.DataFra
         "predictions over the splits in which it was tested (close to the mean accuracy over splits, "
         "`accuracy_over_splits` in the CSV); **[95 % interval]** is a percentile bootstrap over subject groups "
         f"({REPS:,} draws) of that mean; **n** counts distinct test samples. Familiar vs dissonant is the "
-        "accuracy on the familiar and dissonant test samples alone (the hard pair). **internal − this** is "
-        "a paired bootstrap over groups of the per-sample difference in correctness between the internal "
-        "features and that baseline, on the same samples and splits, with its 95 % interval and two-sided p; "
+        "accuracy (of the three-class predictions) on the familiar and dissonant test samples alone, the hard "
+        "pair. **internal − this** is a paired bootstrap over groups of the per-sample difference in "
+        "correctness between the internal features and that baseline, on the same samples and splits, with "
+        "its 95 % interval and two-sided p; "
         f"a difference is called only at p < {ALPHA}.", "",
     ]
-    for setting in dict.fromkeys(summary.setting):
+    for setting in dict.fromkeys(metrics.setting):  # in the configured order
         text += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
         if setting == "finetuned":
             text += ["In the fine-tuned setting the training-prompt probe scores the very sentences the model was "
@@ -355,13 +363,16 @@ def report_text(summary: pd.DataFrame, headline: pd.DataFrame, tests: pd.DataFra
     text += ["## Classifiers on gradients + activations (raw)", "",
              all_configurations(classifiers).to_markdown(index=False), "",
              "## All configurations", "",
-             "Ablations on fewer splits have wider intervals; the headline configurations appear with all their splits.", "",
+             "Ablations on fewer splits have wider intervals; the headline configurations appear with all their "
+             "splits.", "",
              all_configurations(summary).to_markdown(index=False), ""]
     return "\n".join(text)
 
 
 def write_awareness_report(settings, inputs: dict, outputs: dict, model: str | None = None,
                            test_fraction: float | None = None) -> pd.DataFrame:
+    """Merged metrics, paired tests, the CSV summary, report/awareness.md (``model``: what the model is,
+    from ``models.sources.describe_model``) and the figures."""
     def cat(paths, with_setting=False):
         parts = [pd.read_parquet(p) for p in paths]
         if with_setting:

@@ -131,8 +131,8 @@ def run_inputs(run: Run) -> dict[str, str]:
             raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "
                              f"(it provides usage for {sorted(s.usage)})")
         inputs[f"usage_{role}"] = usage[s.usage[role]]
-    if run.tuned:
-        inputs["lr_rates"] = "tuning/lr.json"
+    if run.tuned:  # one file per family, so retuning one family reruns only its runs
+        inputs["lr_rates"] = f"tuning/lr_{run.method}.json"
     return inputs
 
 

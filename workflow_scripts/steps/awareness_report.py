@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from workflow_scripts.reports.awareness import model_description, write_awareness_report  # noqa: E402
+from workflow_scripts.reports.awareness import write_awareness_report  # noqa: E402
 from workflow_scripts.steps._runner import run_step  # noqa: E402
 
 INPUTS = ("metrics", "confusion", "predictions", "importance", "samples", "features", "catalog")
@@ -15,7 +15,7 @@ OUTPUTS = ("metrics", "paired", "summary", "csv", "confusion", "feature_sets", "
 def main(input, output, params, threads):
     inputs = {k: list(getattr(input, k)) if not isinstance(getattr(input, k), str) else [getattr(input, k)] for k in INPUTS}
     write_awareness_report(list(params.settings), inputs, {k: getattr(output, k) for k in OUTPUTS},
-                           model=model_description(params.model_source, params.model_dtype),
+                           model=params.model,
                            test_fraction=float(params.test_fraction))
 
 

@@ -1,4 +1,5 @@
-"""Rule lr_choice: each method family's learning rate from the lr_tuning runs (one declared rule)."""
+"""Rules lr_choice (one method family's learning rate from its lr_tuning runs, by the declared rule)
+and lr_tuning_table (every family's table in one)."""
 
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 
 
 def main(input, output, params, threads):
-    rows = pd.concat([pd.read_parquet(p) for p in input.rows], ignore_index=True)
-    table = rate_table(rows)
+    if hasattr(input, "tables"):  # rule lr_tuning_table: the families' tables in one
+        table = pd.concat([pd.read_csv(p, sep="\t") for p in input.tables], ignore_index=True)
+    else:  # rule lr_choice: one family
+        table = rate_table(pd.concat([pd.read_parquet(p) for p in input.rows], ignore_index=True))
+        write_rates(table, output.rates)
     with atomic_path(output.table) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    write_rates(table, output.rates)
 
 
 if __name__ == "__main__":

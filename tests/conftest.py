@@ -24,7 +24,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CONFLICTAWARE_FACTS = SHARED_DATA / "conflictaware" / "dataset" / "facts"
 
 # The end-to-end test config uses these sizes; the tokenizer covers their words.
-E2E_FACTS = 40
+E2E_FACTS = 48
 E2E_NOVEL = 20
 E2E_SEED = 7
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -102,19 +102,20 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "resplits": 2, "test_fraction": 0.34, "block_ranges": 2},
-        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 4, "V": 4, "known_old": 6}, "old_epochs": 25,
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6}, "old_epochs": 25,
                     "tune_lr": True, "scenarios": {
             "lr_tuning": {"epochs": 25, "methods": {
                 "full": {"lr_ratio": [1.0, 3.0]}, "lora": {}, "neurons": {"strategy": "plastic", "k": 20}}},
-            "nondissonant_update": {"epochs": 25, "methods": {
-                "full": [{}, {"lr_ratio": 0.5}], "lora": {},
+            "nondissonant_update": {"epochs": 25, "curves": False, "methods": {
+                "full": [{}, {"lr_ratio": 0.5}], "lora": {"lr_ratio": 1.0},
                 "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
             "lottery": {"epochs": 10, "methods": {"neurons": {"strategy": ["lottery", "non_lottery", "random"], "k": [20, 60]}}},
             "dissonant_update": {"epochs": 25, "curves": True, "methods": {
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
             "matched_control": {"epochs": 25, "curves": True, "methods": {
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
-            "false_nonconflicting": {"epochs": 25, "curves": True, "methods": {"full": {}}},
+            "false_nonconflicting": {"epochs": 25, "curves": True, "methods": {
+                "full": {}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
         }},
     }
     for key, value in changes.items():

@@ -25,7 +25,9 @@ rule update:
     params:
         run=lambda wc: run_of(wc).job_params(),
         training=config["training"],
-    threads: 2
+    # one thread: much of a run (start-up, tokenising, evaluation bookkeeping) is serial, so on a
+    # small machine two runs side by side finish sooner than one run on two threads
+    threads: 1
     resources:
         mem_mb=6000,
         gpu=1,

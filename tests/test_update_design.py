@@ -355,3 +355,9 @@ def test_the_shipped_study_configs_validate_and_tune_every_family_they_run(path)
     assert all(float(r.params["k"]) <= 1 for r in runs.values() if "k" in r.params)  # fractions: any model
     for name in ("nondissonant_update", "dissonant_update", "matched_control", "false_nonconflicting"):
         assert any(r.scenario == name for r in runs.values()), name
+
+
+def test_every_run_of_the_study_config_trains_at_its_familys_tuned_rate():
+    """A grid key merged from config.yaml must not silently scale a tuned family's rate."""
+    runs = build_runs(merged_config("config/cpu_study.yaml"))
+    assert all(r.params["lr_ratio"] == 1.0 for r in runs.values() if r.tuned)

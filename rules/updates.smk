@@ -25,9 +25,7 @@ rule update:
     params:
         run=lambda wc: run_of(wc).job_params(),
         training=config["training"],
-    # one thread: much of a run (start-up, tokenising, evaluation bookkeeping) is serial, so on a
-    # small machine two runs side by side finish sooner than one run on two threads
-    threads: 1
+    threads: 2  # (the default profile's gpu=1 resource runs one update at a time, also on a CPU)
     resources:
         mem_mb=6000,
         gpu=1,

@@ -9,7 +9,7 @@ import pandas as pd
 from workflow_scripts.io import write_text
 from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
 from workflow_scripts.reports.plotting import pyplot, save_figure
-from workflow_scripts.reports.updates import main_rows
+from workflow_scripts.reports.updates import main_rows, pooled, with_interval
 from workflow_scripts.scenarios.design import SCENARIOS, controlled_pairs
 
 LEARNED = 0.9  # "learned" = at least this accuracy on the update facts
@@ -237,7 +237,6 @@ def position_overlap(usage_paths: list[str], score: str, ks: list[float]) -> pd.
     """How much the stubborn (top-k) and plastic (bottom-k) sets of old usage agree when usage sums
     over every real position (``all_real``) or only over answer positions (``answer``): per fold and
     k, the Jaccard index of the two definitions' sets and the share of one set found in the other."""
-    from workflow_scripts.methods.neurons import StrategyInputs, neuron_mask, resolve_k
     from workflow_scripts.training.usage import load_usage
 
     rows = []
@@ -259,8 +258,6 @@ def position_overlap(usage_paths: list[str], score: str, ks: list[float]) -> pd.
 
 
 def _pooled_cell(part: pd.DataFrame, metric: str) -> str:
-    from workflow_scripts.reports.updates import pooled, with_interval
-
     return with_interval(*pooled(part, metric))
 
 

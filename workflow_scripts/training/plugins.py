@@ -135,7 +135,7 @@ class RowDeltas(TrainingPlugin):
         self._modules: list = []
 
     def prepare(self, model):
-        from workflow_scripts.models.architectures import linear_modules
+        from workflow_scripts.models.architectures import linear_modules, weight_is_transposed
 
         modules = {m.name: m.module for m in linear_modules(model)}
         unknown = sorted(set(self.rows) - set(modules))
@@ -146,7 +146,7 @@ class RowDeltas(TrainingPlugin):
                 continue
             module = modules[name]
             weight = module.weight
-            in_features = weight.shape[0] if _transposed(module) else weight.shape[1]
+            in_features = weight.shape[0] if weight_is_transposed(module) else weight.shape[1]
             idx = idx.to(weight.device)
             module.register_parameter(self.PARAM, torch.nn.Parameter(
                 torch.zeros(len(idx), in_features, dtype=weight.dtype, device=weight.device)))
@@ -169,10 +169,12 @@ class RowDeltas(TrainingPlugin):
         return name.rsplit(".", 1)[-1] in (self.PARAM, self.BIAS)
 
     def finish(self, model):
+        from workflow_scripts.models.architectures import weight_is_transposed
+
         with torch.no_grad():
             for module, idx in self._modules:
                 delta = module._parameters.pop(self.PARAM).detach()
-                if _transposed(module):
+                if weight_is_transposed(module):
                     module.weight[:, idx] += delta.T.to(module.weight.dtype)
                 else:
                     module.weight[idx] += delta.to(module.weight.dtype)
@@ -186,12 +188,6 @@ class RowDeltas(TrainingPlugin):
 
     def replica(self):
         return RowDeltas(self.rows)  # every process adds the same deltas to its copy (gradients summed)
-
-
-def _transposed(module) -> bool:
-    from workflow_scripts.models.architectures import weight_is_transposed
-
-    return weight_is_transposed(module)
 
 
 class RecordUsage(TrainingPlugin):

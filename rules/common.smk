@@ -3,7 +3,7 @@ import os
 
 from workflow_scripts.models.sources import describe_model
 from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
-from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, table_rows
+from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, start_inputs, table_rows
 
 
 def res(*parts):
@@ -93,6 +93,11 @@ def run_of(wildcards):
 def update_inputs(wildcards):
     """Start checkpoint, facts, fold slices, known-before table and what the method needs."""
     return {name: res(path) for name, path in run_inputs(run_of(wildcards)).items()}
+
+
+def update_start_inputs(wildcards):
+    """The scenario's start checkpoint, facts, fold slices and known-before table."""
+    return {name: res(path) for name, path in start_inputs(wildcards.scenario, int(wildcards.fold)).items()}
 
 
 def run_files(kind, scenario=None, reported=False):

@@ -10,6 +10,30 @@ wildcard_constraints:
     fold=r"\d+",
 
 
+rule update_start:
+    """A scenario's start model scored once per fold, shared by every run of it: each slice's accuracy
+    just before the update, and the metrics' reference state (the start model's neighbourhood predictions)."""
+    input:
+        unpack(update_start_inputs),
+    output:
+        start=res("runs/{scenario}/start_fold{fold}.json"),
+    wildcard_constraints:
+        scenario="|".join(SCENARIOS),
+    params:
+        scenario=lambda wc: wc.scenario,
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        res("logs/update_start/{scenario}/fold{fold}.log"),
+    benchmark:
+        res("benchmarks/update_start/{scenario}/fold{fold}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/update_start.py"
+
+
 rule update:
     """One run: a scenario's start checkpoint updated by one method with one setting, scored by the one evaluator."""
     input:
@@ -25,7 +49,7 @@ rule update:
     params:
         run=lambda wc: run_of(wc).job_params(),
         training=config["training"],
-    threads: 2  # (the default profile's gpu=1 resource runs one update at a time, also on a CPU)
+    threads: 2  # one update at a time (the profile's gpu=1); `make run` on a CPU-only machine: 1 thread, several at once
     resources:
         mem_mb=6000,
         gpu=1,

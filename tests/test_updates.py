@@ -111,6 +111,51 @@ def test_the_harness_writes_a_row_a_curve_and_per_item_outcomes(tmp_path, tiny_m
     assert (outcomes[outcomes.metric == "retention_old"].case_id.isin(ids[:6])).all()
 
 
+def test_shared_start_scores_and_sparse_retention_curves_give_the_same_run(tmp_path, tiny_model_dirs, starter, monkeypatch):
+    from workflow_scripts.facts.schema import write_facts
+    from workflow_scripts.io import write_parquet
+    from workflow_scripts.methods import run as harness
+    from workflow_scripts.methods.run import read_start, run_update, score_start
+
+    learned = 0.5  # (the tiny model learns these facts slowly; the rule is the same at 0.9)
+    monkeypatch.setattr(harness, "LEARNED", learned)
+
+    records = starter[:24]
+    write_facts(records, tmp_path / "facts.parquet")
+    ids = [r["case_id"] for r in records]
+    write_parquet(pd.DataFrame({"case_id": ids, "slice": ["A"] * 12 + ["B"] * 8 + ["rest"] * 4}), tmp_path / "slices.parquet")
+    write_parquet(pd.DataFrame({"case_id": ids[:12], "slice": "A", "correct": [True] * 12}), tmp_path / "known.parquet")
+    inputs = {"model": str(tiny_model_dirs["gpt2"]), "facts": str(tmp_path / "facts.parquet"),
+              "slices": str(tmp_path / "slices.parquet"), "known": str(tmp_path / "known.parquet")}
+    job = {"scenario": "nondissonant_update", "method": "full", "variant": "default", "fold": 0, "seed": 0,
+           "params": {"epochs": 20, "lr_ratio": 3.0}, "curves": True}
+    training = {**TRAINING, "weight_decay": 0.0}
+
+    def run(name, job, inputs):
+        out = {k: tmp_path / f"{name}_{k}.parquet" for k in ("row", "curve", "outcomes")}
+        return run_update(job, inputs, training, out["row"], out["curve"], out["outcomes"]), pd.read_parquet(out["curve"])
+
+    every_epoch, dense = run("dense", {**job, "curve_every": 1}, inputs)
+    score_start("nondissonant_update", inputs, str(tmp_path / "start.json"))
+    before, state = read_start(str(tmp_path / "start.json"))
+    assert before["retention_old"] == every_epoch["retention_old_before"] and state["locality"].dtype == np.int64
+    shared, sparse = run("sparse", {**job, "curve_every": 3}, {**inputs, "start": str(tmp_path / "start.json")})
+    for key in ("retention_old", "acc_new", "acc_gen", "locality", "acc_old_before", "learned_epoch", "retention_at_learned"):
+        assert shared[key] == every_epoch[key] or (math.isnan(shared[key]) and math.isnan(every_epoch[key])), key
+    assert list(dense.epoch) == list(range(21))
+    first = next((e for e, a in zip(dense.epoch, dense.acc_new) if e >= 1 and a >= learned), None)
+    assert first is not None and first % 3 != 0
+    # acquisition after every epoch until learned, then every 2nd; retention every 2nd, the first learned, the last
+    assert list(sparse.epoch) == [e for e in range(21) if e <= first or e % 3 == 0 or e == 20]
+    assert set(sparse.epoch[sparse.retention_old.notna()]) == {e for e in range(21) if e % 3 == 0} | {20, first}
+    for e in sparse.epoch:
+        assert sparse.acc_new[sparse.epoch == e].item() == dense.acc_new[dense.epoch == e].item()
+    measured = set(sparse.epoch[sparse.retention_old.notna()])
+    for e in measured:
+        assert sparse.retention_old[sparse.epoch == e].item() == dense.retention_old[dense.epoch == e].item()
+    assert sparse.retention_old.iloc[-1] == shared["retention_old"] and sparse.acc_new.iloc[-1] == shared["acc_new"]
+
+
 def test_lora_trains_only_adapters_and_merges_back(tiny_model_dirs, starter):
     model, tok = load_model(tiny_model_dirs["gpt2"])
     facts = flat_facts(starter[:12])

@@ -9,14 +9,17 @@ curve and its per-item outcomes (for paired tests). It never branches on a metho
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from workflow_scripts.evaluation.evaluator import EvalSuite, evaluate, neighbourhood_table, prepare
 from workflow_scripts.facts.schema import flat_facts, read_facts
-from workflow_scripts.io import write_parquet
+from workflow_scripts.io import write_json, write_parquet
 from workflow_scripts.methods.base import UpdateRequest, method
 from workflow_scripts.scenarios.design import scenario
 from workflow_scripts.scenarios.slices import known_case_ids
@@ -38,10 +41,35 @@ def build_suite(scenario_name: str, records: list[dict], slices: pd.DataFrame, k
     return EvalSuite(keep, known_before, learn, s.target, neighbourhood_table(records, learn.case_id))
 
 
+def score_start(scenario_name: str, inputs: dict[str, str], out: str | None = None) -> dict:
+    """The scenario's start model scored once per fold, for every run of it: each slice's accuracy
+    just before the update (``before``) and the metrics' reference state (``state``: e.g. the start
+    model's neighbourhood predictions for locality). Written as JSON when ``out`` is given."""
+    from workflow_scripts.models.loading import load_model
+
+    records = read_facts(inputs["facts"])
+    suite = build_suite(scenario_name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
+    model, tok = load_model(str(inputs["model"]), dtype="float32")
+    state = prepare(model, tok, suite)
+    before, _ = evaluate(model, tok, suite, CURVE_METRICS)
+    start = {"before": before, "state": {k: (v.tolist() if v is not None else None) for k, v in state.items()}}
+    if out is not None:
+        write_json(start, out)
+    return start
+
+
+def read_start(path: str) -> tuple[dict, dict]:
+    """(before, state) of :func:`score_start`'s file, the state as the metrics take it."""
+    start = json.loads(Path(path).read_text(encoding="utf-8"))
+    state = {k: (np.asarray(v, dtype=np.int64) if v is not None else None) for k, v in start["state"].items()}
+    return start["before"], state
+
+
 def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, out_curve: str,
                out_items: str) -> dict:
-    """``job``: the run table's record (scenario, method, variant, fold, seed, params, curves);
-    ``inputs``: model, facts, slices, known, and ``usage_<role>`` files the method needs."""
+    """``job``: the run table's record (scenario, method, variant, fold, seed, params, curves,
+    curve_every); ``inputs``: model, facts, slices, known, the start scores (``start``; computed here
+    when absent) and ``usage_<role>`` files the method needs."""
     from workflow_scripts.models.loading import load_model
 
     s, m = scenario(job["scenario"]), method(job["method"])
@@ -52,40 +80,35 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
 
         tuned_ratio = read_rate(str(inputs["lr_rates"]), m.name)
         params = dataclasses.replace(params, lr_ratio=params.lr_ratio * tuned_ratio)
+    if inputs.get("start"):
+        before, state = read_start(str(inputs["start"]))
+    else:
+        start = score_start(s.name, inputs)
+        before, state = start["before"], {k: (np.asarray(v) if v is not None else None) for k, v in start["state"].items()}
     records = read_facts(inputs["facts"])
     suite = build_suite(s.name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
     model, tok = load_model(str(inputs["model"]), dtype="float32")
-    state = prepare(model, tok, suite)
-    before, _ = evaluate(model, tok, suite, CURVE_METRICS)  # each slice's accuracy just before the update
-    tracked = curve_suite(suite)
-    curve, eval_seconds = ([curve_point(0, float("nan"), before)] if job["curves"] else []), 0.0
-
-    def checkpoint(current, epoch, record):
-        nonlocal eval_seconds
-        start = time.perf_counter()
-        row, _ = evaluate(current, tok, tracked, CURVE_METRICS)
-        curve.append(curve_point(epoch, record["loss"], row))
-        eval_seconds += time.perf_counter() - start
+    curve = Curve(suite, tok, int(job.get("curve_every", 1)), before) if job["curves"] else None
 
     request = UpdateRequest(
         facts=suite.learn, target=s.target, training=training, seed=int(job["seed"]),
         inputs={f"usage:{k[len('usage_'):]}": str(v) for k, v in inputs.items() if k.startswith("usage_")},
-        checkpoint=checkpoint if job["curves"] else None,
+        checkpoint=curve.checkpoint if curve is not None else None,
     )
     result = m.apply(model, tok, request, params)
     row, items = evaluate(result.model, tok, suite, state=state)
     stats = dict(result.stats)
-    train_seconds = stats.pop("seconds") - eval_seconds
-    if not curve:
-        curve.append(curve_point(stats["epochs_run"], stats["final_loss"], row))
+    train_seconds = stats.pop("seconds") - (curve.seconds if curve is not None else 0.0)
+    points = curve.finish(row, stats) if curve is not None else [
+        curve_point(stats["epochs_run"], stats["final_loss"], row)]
     row.update({f"{k}_before": before[k] for k in ("acc_old", "retention_old", "acc_new", "acc_gen")})
-    row.update(matched_acquisition(curve))
+    row.update(matched_acquisition(points))
     key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
            "fold": int(job["fold"]), "seed": int(job["seed"])}
     columns = {"strategy": None, "oracle": False, **result.columns, "lr_tuned_ratio": tuned_ratio}
     full_row = {**key, **columns, **row, **stats, "train_seconds": train_seconds}
     write_parquet(pd.DataFrame([full_row]), out_row)
-    write_parquet(pd.DataFrame(curve).assign(**key, arm=columns["arm"], k=columns.get("k")), out_curve)
+    write_parquet(pd.DataFrame(points).assign(**key, arm=columns["arm"], k=columns.get("k")), out_curve)
     write_parquet(items.assign(**key), out_items)
     log.info("%s / %s / %s fold %s: %s", s.name, m.name, job["variant"], job["fold"],
              {k: row[k] for k in ("retention_old", "acc_new", "acc_gen", "locality") if k in row})
@@ -110,6 +133,48 @@ def curve_suite(suite: EvalSuite) -> EvalSuite:
     keep = suite.keep[suite.keep.case_id.isin(suite.known_before)].reset_index(drop=True)
     learn = suite.learn.assign(paraphrase_prompt=None)
     return EvalSuite(keep, suite.known_before, learn, suite.target)
+
+
+class Curve:
+    """Per-epoch curve of one run. Until the update is learned (acquisition >= :data:`LEARNED`) every
+    epoch is scored for acquisition, and the first learned epoch for retention too, so the epoch and
+    the retention at matched acquisition are exact; otherwise every ``every``-th epoch is scored for
+    both (``every`` = 1: every epoch, both). The last point is the run's final evaluation (of the
+    returned model, e.g. with LoRA merged) rather than a second pass over the same facts."""
+
+    def __init__(self, suite: EvalSuite, tok, every: int, before: dict):
+        tracked = curve_suite(suite)
+        self.acquisition = EvalSuite(tracked.keep.iloc[:0], tracked.known_before, tracked.learn, tracked.target)
+        self.retention = EvalSuite(tracked.keep, tracked.known_before, tracked.learn.iloc[:0], tracked.target)
+        self.tok, self.every, self.seconds, self.learned = tok, max(1, every), 0.0, False
+        self.points = [curve_point(0, float("nan"), before)]
+        self.last: tuple[int, float] | None = None
+
+    def checkpoint(self, model, epoch: int, record: dict) -> None:
+        if record.get("last"):
+            self.last = (epoch, record["loss"])
+            return
+        scheduled = epoch % self.every == 0
+        if self.learned and not scheduled:
+            return
+        start = time.perf_counter()
+        row, _ = evaluate(model, self.tok, self.acquisition, CURVE_METRICS)
+        first_learned = not self.learned and row["acc_new"] >= LEARNED
+        self.learned |= first_learned
+        if first_learned or scheduled:
+            row.update({k: v for k, v in evaluate(model, self.tok, self.retention, CURVE_METRICS)[0].items()
+                        if k.startswith("retention_old")})
+        else:
+            row.update({f"retention_old{suffix}": float("nan") for suffix in ("", "_lo", "_hi")}, retention_old_n=0)
+        self.points.append(curve_point(epoch, record["loss"], row))
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, row: dict, stats: dict) -> list[dict]:
+        """The points, ending with the final evaluation's (at the last epoch trained)."""
+        if self.last is not None or self.points[-1]["epoch"] < stats["epochs_run"]:
+            loss = self.last[1] if self.last is not None else stats.get("final_loss", float("nan"))
+            self.points.append(curve_point(stats["epochs_run"], loss, row))
+        return self.points
 
 
 def curve_point(epoch, loss, row: dict) -> dict:

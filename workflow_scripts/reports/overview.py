@@ -99,7 +99,8 @@ def plot_dissonance(metrics: pd.DataFrame, curves: pd.DataFrame, total: int, des
         style = "-" if kind(sc) == "dissonant" else "--"
         name = f"{arm_label(arm, int(k), total, targeted.get(arm, False))}, {kind(sc)}"
         axes[1].plot(mean.index, mean.acc_new, style, marker=".", color=colors.get(arm), label=name)
-        axes[2].plot(mean.index, mean.retention_old, style, marker=".", color=colors.get(arm), label=name)
+        kept = mean.retention_old.dropna()  # retention is measured every few epochs (updates.curve_every)
+        axes[2].plot(kept.index, kept, style, marker=".", color=colors.get(arm), label=name)
     axes[1].set_ylabel("update facts learned")
     axes[2].set_ylabel("old facts retained")
     for ax in axes[1:]:

@@ -38,8 +38,9 @@ class Run:
     fold: int
     seed: int
     params: dict  # the method's typed params, as a plain dict (canonical: field order)
-    curves: bool  # evaluate after every epoch
+    curves: bool  # per-epoch curves: acquisition after every epoch
     tuned: bool = False  # lr_ratio is relative to the method's rate chosen in the lr_tuning scenario
+    curve_every: int = 1  # curves: retention after every curve_every-th epoch (and the first learned one)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -53,7 +54,8 @@ class Run:
         """What the ``update`` rule passes to its job (everything the run depends on but the shared
         training settings and the input files)."""
         return {"scenario": self.scenario, "method": self.method, "variant": self.variant, "fold": self.fold,
-                "seed": self.seed, "params": dict(self.params), "curves": self.curves, "tuned": self.tuned}
+                "seed": self.seed, "params": dict(self.params), "curves": self.curves, "tuned": self.tuned,
+                "curve_every": self.curve_every}
 
 
 def grid_points(grid) -> list[dict]:
@@ -95,7 +97,8 @@ def build_runs(config: dict) -> dict[tuple, Run]:
                 for fold in folds:
                     run = Run(name, method_name, variant, int(fold), int(config["training"]["seed"]) + int(fold),
                               dataclasses.asdict(params), bool(block.get("curves", False)),
-                              tune and not s.tuning and "lr_ratio" in params_fields(m))
+                              tune and not s.tuning and "lr_ratio" in params_fields(m),
+                              int(updates.get("curve_every", 1)) if block.get("curves", False) else 1)
                     previous = runs.get(run.key)
                     if previous is not None and previous.params != run.params:
                         raise ValueError(f"{where}: two settings share the label {variant!r}: "
@@ -114,16 +117,30 @@ def params_fields(m) -> set[str]:
     return {f.name for f in dataclasses.fields(m.Params)}
 
 
+def start_path(scenario_name: str, fold: int) -> str:
+    """The scenario's start-model scores on one fold (shared by every run of that scenario and fold)."""
+    return f"runs/{scenario_name}/start_fold{fold}.json"
+
+
+def start_inputs(scenario_name: str, fold: int) -> dict[str, str]:
+    """What the start scores depend on: the scenario's start checkpoint, the facts, the fold's slices and
+    the known-before table (paths relative to the results folder)."""
+    s = scenario(scenario_name)
+    stage = f"stages/fold{fold}"
+    models = {"base": "model", "A": f"{stage}/model_A", "AB": f"{stage}/model_AB"}
+    known = {"base": "probe/facts.parquet", "A": f"{stage}/known_A.parquet", "AB": f"{stage}/known_AB.parquet"}
+    return {"model": models[s.start], "facts": "facts/facts.parquet", "slices": f"{stage}/slices.parquet",
+            "known": known[s.known]}
+
+
 def run_inputs(run: Run) -> dict[str, str]:
     """Input roles of a run (paths relative to the results folder): start checkpoint, facts, fold
-    slices, the known-before table, and what the method needs (usage by role, via the scenario)."""
+    slices, the known-before table, the start model's scores, and what the method needs (usage by
+    role, via the scenario)."""
     s = scenario(run.scenario)
     fold = f"stages/fold{run.fold}"
-    models = {"base": "model", "A": f"{fold}/model_A", "AB": f"{fold}/model_AB"}
-    known = {"base": "probe/facts.parquet", "A": f"{fold}/known_A.parquet", "AB": f"{fold}/known_AB.parquet"}
     usage = {"A": f"{fold}/usage_A.safetensors", "B": f"{fold}/usage_B.safetensors", "H": "usage/history_H.safetensors"}
-    inputs = {"model": models[s.start], "facts": "facts/facts.parquet", "slices": f"{fold}/slices.parquet",
-              "known": known[s.known]}
+    inputs = {**start_inputs(run.scenario, run.fold), "start": start_path(run.scenario, run.fold)}
     m = method(run.method)
     for need in sorted(m.needs(m.Params(**run.params))):
         kind, _, role = need.partition(":")

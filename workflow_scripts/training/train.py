@@ -320,9 +320,11 @@ def _train(model, tokenizer, prompts, targets, cfg: TrainConfig, plugins: Sequen
                 scheduler.step()
                 losses.append(loss.item())
             model.eval()
-            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
-            history.append(record)
+            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start,
+                      "last": epoch == cfg.epochs}  # plugins may skip work the caller does after training anyway
             stop = [plugin.on_epoch(model, epoch, record) for plugin in plugins]
+            del record["last"]
+            history.append(record)
             log.info("epoch %d: %s", epoch, record)
             if group is not None:
                 stop = [group.any(any(stop))]  # a stop asked for in any process stops all

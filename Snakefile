@@ -26,6 +26,7 @@ include: "rules/facts.smk"
 include: "rules/probe.smk"
 include: "rules/stages.smk"
 include: "rules/awareness.smk"
+include: "rules/editing.smk"
 include: "rules/updates.smk"
 include: "rules/leaderboard.smk"
 
@@ -42,6 +43,8 @@ rule all:
         expand(res("report/updates_{scenario}.md"), scenario=update_scenarios()),
         [res("report/updates.md"), res("report/leaderboard.md")] if RUNS else [],
         [res("report/lr_tuning.tsv")] if TUNING_RUNS & set(update_scenarios()) else [],
+        res("report/editing_layers.md"),
+        [res("report/editing_sequential.md")] if SEQUENTIAL else [],
 
 
 rule updates:
@@ -59,3 +62,5 @@ onsuccess:
     print_summary(res("report/awareness.md"), max_lines=30)
     if RUNS:
         print_summary(res("report/leaderboard.md"), max_lines=40)
+    if SEQUENTIAL:
+        print_summary(res("report/editing_sequential.md"), max_lines=20)

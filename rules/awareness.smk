@@ -105,7 +105,7 @@ rule awareness_classify:
         ablation_classifier=config["awareness"]["ablation_classifier"],
         test_fraction=config["awareness"]["test_fraction"],
         block_ranges=config["awareness"]["block_ranges"],
-    threads: 2
+    threads: 1  # scikit-learn fits one at a time: the two settings' jobs run side by side on 2 cores
     resources:
         mem_mb=4000,
     log:

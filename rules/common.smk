@@ -3,7 +3,16 @@ import os
 
 from workflow_scripts.models.sources import describe_model
 from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
-from workflow_scripts.scenarios.runs import build_runs, run_inputs, scenarios_with_runs, start_inputs, table_rows
+from workflow_scripts.scenarios.runs import (
+    build_runs,
+    covariance_jobs,
+    run_inputs,
+    scenarios_with_runs,
+    sequential_inputs,
+    sequential_runs,
+    start_inputs,
+    table_rows,
+)
 
 
 def res(*parts):
@@ -80,6 +89,23 @@ def awareness_model(wildcards):
 # The run table (scenario x method x variant x fold), built once from the config. Wildcards are keys
 # into it; every job's params are looked up, never parsed back from a path.
 RUNS = build_runs(config)
+
+
+# The sequential-editing experiment's runs (method -> Run), and the editors' covariance jobs:
+# (start checkpoint tag, covariance label) -> start model and the runs it serves.
+SEQUENTIAL = sequential_runs(config)
+COVARIANCES = covariance_jobs([*RUNS.values(), *SEQUENTIAL.values()])
+
+
+def sequential_job_inputs(wildcards):
+    return {name: res(path) for name, path in sequential_inputs(SEQUENTIAL[wildcards.method]).items()}
+
+
+def covariance_job(wildcards):
+    try:
+        return COVARIANCES[(wildcards.start, wildcards.label)]
+    except KeyError:
+        raise ValueError(f"no configured editor run needs covariance {wildcards.label!r} of {wildcards.start!r}") from None
 
 
 def run_of(wildcards):

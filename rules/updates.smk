@@ -24,6 +24,7 @@ rule update_start:
     threads: 2
     resources:
         mem_mb=4000,
+        gpu=1,
     log:
         res("logs/update_start/{scenario}/fold{fold}.log"),
     benchmark:

@@ -102,6 +102,8 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "resplits": 2, "test_fraction": 0.34, "block_ranges": 2},
+        "methods": {"rome": {"cov_tokens": 2000, "steps": 4}, "memit": {"cov_tokens": 2000, "steps": 4}},
+        "editing": {"layers": {"facts": 2, "samples": 1, "sweep": [0]}, "sequential": {"batch": 2, "stream": ["B"]}},
         "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6}, "old_epochs": 25,
                     "tune_lr": True, "scenarios": {
             "lr_tuning": {"epochs": 25, "methods": {

@@ -23,7 +23,8 @@ TRAINING = {"lr": 3e-3, "batch_size": 5, "weight_decay": 0.1, "max_grad_norm": 1
 FIXED_COLUMNS = {"arm", "epochs", "lr_ratio", "k", "k_fraction"}
 # per method: a setting for the contract test (every strategy-dependent input provided below)
 CONTRACT_SETTINGS = {"full": {"epochs": 2}, "lora": {"epochs": 2, "r": 4},
-                     "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1}}
+                     "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1},
+                     "rome": {"steps": 3, "cov_tokens": 2000}, "memit": {"steps": 3, "cov_tokens": 2000}}
 
 
 def test_every_registered_method_has_a_contract_setting():
@@ -40,7 +41,7 @@ def test_every_method_returns_a_model_a_clean_row_and_leaves_alone_what_it_decla
     usage = {f"usage:{role}": {x.name: torch.rand(x.out_features, generator=torch.Generator().manual_seed(i))
                                for x in linear_modules(model)} for i, role in enumerate(("old", "new", "history"))}
     request = UpdateRequest(facts=flat.iloc[10:], target="target_new", training=TRAINING, seed=1,
-                            inputs={k: usage[k] for k in m.needs(params)})
+                            inputs={k: usage[k] for k in m.needs(params) if k in usage})  # editors: C computed in the job
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     untouched = m.untouched(model, request, params)
     result = m.apply(model, tok, request, params)
@@ -216,3 +217,21 @@ def test_paired_bootstrap_finds_a_clear_difference_and_not_a_null_one():
     assert clear["low"] > 0 and clear["p_value"] < 0.05
     null = paired_bootstrap([list(rng.normal(0.0, 1.0, 40)) for _ in range(3)], reps=500)
     assert null["low"] < 0 < null["high"]
+
+
+def test_generation_metric_counts_target_mentions_and_scores_ngram_entropy(tiny_model_dirs, starter):
+    from workflow_scripts.evaluation.evaluator import greedy_continuations, ngram_entropy
+
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))  # bigrams of "a b a b": ab twice, ba once
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("same same same same same") == 0.0 and ngram_entropy("one") == 0.0
+    model, tok = load_model(tiny_model_dirs["llama"])
+    flat = flat_facts(starter[:12])
+    suite = EvalSuite(flat.iloc[:4], frozenset(flat.case_id[:4]), flat.iloc[4:], "target_true")
+    row, items = evaluate(model, tok, suite, ("exact_match", "generation"))
+    n = int(flat.iloc[4:].generation_prompt.notna().sum())
+    assert row["generation_mentions_n"] == n > 0 and 0 <= row["generation_mentions"] <= 1
+    assert row["generation_entropy"] >= 0 and len(items[items.metric == "generation_mentions"]) == n
+    texts = greedy_continuations(model, tok, flat.generation_prompt.iloc[4:8].tolist(), new_tokens=6, batch_size=3)
+    alone = [greedy_continuations(model, tok, [p], new_tokens=6)[0] for p in flat.generation_prompt.iloc[4:8]]
+    assert texts == alone  # left padding: a prompt continues the same in any batch

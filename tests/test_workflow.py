@@ -62,7 +62,7 @@ def test_every_output_is_produced(finished_run):
     assert (learned_b.first_token_rank <= 2).all()  # a fact not yet known is at least runner-up
 
     runs = pd.read_csv(res / "runs.tsv", sep="\t")
-    assert len(runs) == 4 + 6 + 6 + 3 + 3 + 2 and set(runs.scenario) == {
+    assert len(runs) == 4 + (6 + 2) + 6 + (3 + 2) + (3 + 2) + 2 and set(runs.scenario) == {
         "lr_tuning", "nondissonant_update", "lottery", "dissonant_update", "matched_control", "false_nonconflicting"}
     # learning rates: each family's chosen on V by the declared rule, then used by its every other run
     rates = {m: json.loads((res / "tuning" / f"lr_{m}.json").read_text())[m]["lr_ratio"] for m in ("full", "lora", "neurons")}
@@ -72,8 +72,16 @@ def test_every_output_is_produced(finished_run):
     updates = pd.read_parquet(res / "updates" / "nondissonant_update" / "metrics.parquet")
     assert (updates.lr_tuned_ratio == updates.method.map(rates)).all()
     main = updates[(updates.lr_ratio / updates.lr_tuned_ratio).round(6) == 1.0]
-    assert sorted(main.arm) == ["full", "lora", "plastic", "specific", "stubborn"]
+    assert sorted(main.arm) == ["full", "lora", "memit", "plastic", "rome", "specific", "stubborn"]
     assert (main[main.method == "neurons"].k == 20).all()
+    editors = updates[updates.method.isin(["rome", "memit"])]  # one covariance per start checkpoint, shared
+    assert set(editors.edit_layers) == {"0"} and (editors.efficacy_score_n == 4).all()
+    assert sorted(p.name for p in (res / "editing" / "covariance").rglob("*.safetensors")) == [
+        "gensim_wiki_t2000_w256.safetensors"] * 2
+    sequential = pd.read_parquet(res / "editing" / "sequential" / "memit.parquet")
+    assert list(sequential.edits) == [2, 4] and (sequential.retention_old_n == sequential.retention_old_n.iloc[0]).all()
+    choice = json.loads((res / "editing" / "layer_choice.json").read_text())
+    assert choice["rome_layer"] == 0 and set(pd.read_parquet(res / "editing" / "trace.parquet").site) == {"block", "mlp"}
     assert updates.acc_new.between(0, 1).all() and updates.retention_old.between(0, 1).all()
     assert (updates.acc_new_lo <= updates.acc_new).all() and (updates.acc_new <= updates.acc_new_hi).all()
     assert (main[main.arm == "full"].acc_new >= 0.75).all()  # 4 facts, 25 epochs (see checkpoint AB above)
@@ -94,7 +102,7 @@ def test_every_output_is_produced(finished_run):
     assert len(pd.read_parquet(res / "updates" / "nondissonant_update" / "curves.parquet")) == len(updates)  # final epoch only
     for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
                    "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",
-                   "updates_sweeps", "leaderboard_pareto"):
+                   "updates_sweeps", "leaderboard_pareto", "editing_causal_trace", "editing_sequential"):
         assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     overview = (res / "report" / "updates.md").read_text()
     assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview
@@ -103,6 +111,7 @@ def test_every_output_is_produced(finished_run):
     assert {"retention", "retention_lo", "retention_hi", "acquisition", "generalisation", "locality",
             "retention_vs_ref_p"} <= set(board.columns)
     assert board.reference.sum() == 4  # full/default in every reported scenario that runs full fine-tuning
+    assert {"rome", "memit"} <= set(board.method)
     assert "lr_tuning" not in set(board.scenario)  # tuning runs choose rates; they are not results
     assert "# Leaderboard" in (res / "report" / "leaderboard.md").read_text()
     summary = pd.read_csv(res / "report" / "familiarity.csv")

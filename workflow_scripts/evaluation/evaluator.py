@@ -18,12 +18,19 @@ items can be compared by a paired test.
   probabilities.
 - ``locality``: share of neighbourhood prompts whose next-token prediction (argmax after the prompt)
   is unchanged from the start model's (recorded by :func:`prepare` before the update).
+- ``generation`` (opt-in: ``updates.metrics``): a greedy continuation of each learned fact's generation
+  prompt (``GENERATION_TOKENS`` new tokens); ``generation_mentions`` = share of continuations that name
+  the update's target, ``generation_entropy`` = their mean weighted 2-/3-gram entropy (ROME's fluency
+  measure: weights 2/3 and 4/3, log base 2), with words split by a regular expression instead of a
+  downloaded tokenizer; greedy decoding, so it is a relative measure (compare with the start model's).
 """
 
 from __future__ import annotations
 
 import contextvars
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -33,7 +40,7 @@ import torch
 
 from workflow_scripts.evaluation.exact_match import score_targets
 from workflow_scripts.evaluation.stats import wilson
-from workflow_scripts.models.encoding import pad_id, pad_right
+from workflow_scripts.models.encoding import pad_id
 
 OTHER = {"target_true": "target_new", "target_new": "target_true"}
 NEIGHBOURS_PER_FACT = 2  # neighbourhood prompts scored per learned fact (bounds the cost)
@@ -146,31 +153,79 @@ def counterfact(model, tok, suite: EvalSuite, state=None) -> Outcomes:
     return out
 
 
-@torch.no_grad()
-def next_token_predictions(model, tok, prompts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """The argmax next token after each prompt (right padding; read at each prompt's last token)."""
-    device = next(model.parameters()).device
-    encoded = [tok(p.rstrip())["input_ids"] for p in prompts]
-    out = np.zeros(len(encoded), dtype=np.int64)
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        ids, mask = pad_right(chunk, pad_id(tok))
-        logits = model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False).logits
-        last = torch.tensor([len(x) - 1 for x in chunk], device=device)
-        out[start : start + len(chunk)] = logits[torch.arange(len(chunk), device=device), last].argmax(-1).cpu().numpy()
-    return out
+def next_token_predictions(model, tok, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+    """The argmax next token after each prompt, read from the teacher-forced scoring of ``prompt +
+    " " + continuation`` at the prompt's last token (so within one evaluation it costs nothing when the
+    pair is scored anyway; the prompt's tokens are those it has alone, the space going to the
+    continuation's first token)."""
+    return _scores(model, tok, prompts, continuations).first_token_argmax.to_numpy()
 
 
 def locality_before(model, tok, suite: EvalSuite):
-    return next_token_predictions(model, tok, suite.neighbours.prompt.tolist()) if len(suite.neighbours) else None
+    nb = suite.neighbours
+    return next_token_predictions(model, tok, nb.prompt, nb.target_true) if len(nb) else None
 
 
 def locality(model, tok, suite: EvalSuite, state=None) -> Outcomes:
     out = Outcomes()
     if state is None or not len(suite.neighbours):
         return out
-    after = next_token_predictions(model, tok, suite.neighbours.prompt.tolist())
-    out.add("locality", suite.neighbours.case_id, after == state, suite.neighbours["item"])
+    nb = suite.neighbours
+    after = next_token_predictions(model, tok, nb.prompt, nb.target_true)
+    out.add("locality", nb.case_id, after == state, nb["item"])
+    return out
+
+
+GENERATION_TOKENS = 40
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Weighted mean of the n-gram entropies (bits) of ``text``'s words (0 for too short a text)."""
+    words = WORD.findall(text.lower())
+    entropies = []
+    for n in ns:
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if not grams:
+            entropies.append(0.0)
+            continue
+        counts = np.array(list(Counter(grams).values()), dtype=float)
+        freqs = counts / counts.sum()
+        entropies.append(float(-(freqs * np.log2(freqs)).sum()))
+    w = np.asarray(weights, dtype=float)
+    return float((np.asarray(entropies) * w).sum() / w.sum())
+
+
+@torch.no_grad()
+def greedy_continuations(model, tok, prompts: Sequence[str], new_tokens: int = GENERATION_TOKENS,
+                         batch_size: int = 32) -> list[str]:
+    """Greedy continuations (decoded new tokens) of each prompt, left-padded batches with a KV cache."""
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [tok(p.rstrip())["input_ids"] for p in prompts[start : start + batch_size]]
+        width = max(len(x) for x in chunk)
+        ids = torch.full((len(chunk), width), pad_id(tok), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, x in enumerate(chunk):
+            ids[row, width - len(x):] = torch.tensor(x)
+            mask[row, width - len(x):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
+                                   do_sample=False, pad_token_id=pad_id(tok))
+        out += tok.batch_decode(generated[:, width:], skip_special_tokens=True)
+    return out
+
+
+def generation(model, tok, suite: EvalSuite, state=None) -> Outcomes:
+    out = Outcomes()
+    learn = suite.learn[suite.learn.generation_prompt.notna()] if "generation_prompt" in suite.learn else suite.learn.iloc[:0]
+    if not len(learn):
+        out.values["generation_entropy"] = float("nan")
+        return out
+    texts = greedy_continuations(model, tok, learn.generation_prompt.tolist())
+    targets = learn[suite.target].str.strip().str.lower().tolist()
+    out.add("generation_mentions", learn.case_id, [t in x.lower() for t, x in zip(targets, texts)])
+    out.values["generation_entropy"] = float(np.mean([ngram_entropy(x) for x in texts]))
     return out
 
 
@@ -187,10 +242,11 @@ METRICS: dict[str, Metric] = {
         Metric("exact_match", exact_match, produces=("acc_old", "retention_old", "acc_new", "acc_gen")),
         Metric("counterfact", counterfact, produces=("efficacy_score", "paraphrase_score", "neighbourhood_score")),
         Metric("locality", locality, before=locality_before, produces=("locality",)),
+        Metric("generation", generation, produces=("generation_mentions",)),
     )
 }
 DEFAULT_METRICS = ("exact_match", "counterfact", "locality")
-ACCURACIES = tuple(name for m in METRICS.values() for name in m.produces)
+ACCURACIES = tuple(name for m in DEFAULT_METRICS for name in METRICS[m].produces)
 
 
 def prepare(model, tok, suite: EvalSuite, metrics: Sequence[str] = DEFAULT_METRICS) -> dict:

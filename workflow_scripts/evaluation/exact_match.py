@@ -31,8 +31,8 @@ def score_targets(
     """Score each (prompt, target) pair; one row per pair, in input order.
 
     Columns: ``correct`` (every target token is the argmax), ``first_token_prob`` and
-    ``first_token_rank`` (1 = argmax) of the first target token, ``mean_logprob`` over the target
-    tokens, ``n_target_tokens``.
+    ``first_token_rank`` (1 = argmax) of the first target token, ``first_token_argmax`` (the model's
+    next-token prediction after the prompt), ``mean_logprob`` over the target tokens, ``n_target_tokens``.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
@@ -42,6 +42,7 @@ def score_targets(
         "correct": np.zeros(n, dtype=bool),
         "first_token_prob": np.zeros(n),
         "first_token_rank": np.zeros(n, dtype=np.int64),
+        "first_token_argmax": np.zeros(n, dtype=np.int64),
         "mean_logprob": np.zeros(n),
         "n_target_tokens": np.array([p.n_target for p in pairs], dtype=np.int64),
     }
@@ -61,7 +62,8 @@ def score_targets(
         gold = next_labels[mask]
         logp = torch.log_softmax(sel, dim=-1)
         gold_logp = logp.gather(1, gold[:, None])[:, 0]
-        hit = sel.argmax(-1) == gold
+        argmax = sel.argmax(-1)
+        hit = argmax == gold
         rank = (sel > sel.gather(1, gold[:, None])).sum(-1) + 1
         owner = torch.arange(len(batch), device=device)[:, None].expand_as(mask)[mask]
         for row, i in enumerate(batch):
@@ -71,6 +73,7 @@ def score_targets(
             first = int(torch.nonzero(m)[0])
             out["first_token_prob"][i] = float(gold_logp[first].exp())
             out["first_token_rank"][i] = int(rank[first])
+            out["first_token_argmax"][i] = int(argmax[first])
     return pd.DataFrame(out)
 
 

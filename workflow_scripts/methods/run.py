@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.evaluation.evaluator import EvalSuite, evaluate, neighbourhood_table, prepare
+from workflow_scripts.evaluation.evaluator import DEFAULT_METRICS, EvalSuite, evaluate, neighbourhood_table, prepare
 from workflow_scripts.facts.schema import flat_facts, read_facts
 from workflow_scripts.io import write_json, write_parquet
 from workflow_scripts.methods.base import UpdateRequest, method
@@ -92,11 +92,12 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
 
     request = UpdateRequest(
         facts=suite.learn, target=s.target, training=training, seed=int(job["seed"]),
-        inputs={f"usage:{k[len('usage_'):]}": str(v) for k, v in inputs.items() if k.startswith("usage_")},
+        inputs={**{f"usage:{k[len('usage_'):]}": str(v) for k, v in inputs.items() if k.startswith("usage_")},
+                **({"covariance": str(inputs["covariance"])} if inputs.get("covariance") else {})},
         checkpoint=curve.checkpoint if curve is not None else None,
     )
     result = m.apply(model, tok, request, params)
-    row, items = evaluate(result.model, tok, suite, state=state)
+    row, items = evaluate(result.model, tok, suite, tuple(job.get("metrics", DEFAULT_METRICS)), state=state)
     stats = dict(result.stats)
     train_seconds = stats.pop("seconds") - (curve.seconds if curve is not None else 0.0)
     points = curve.finish(row, stats) if curve is not None else [

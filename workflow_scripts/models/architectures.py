@@ -169,6 +169,86 @@ def describe(model: nn.Module) -> dict:
     }
 
 
+# --- Edit sites (ROME / MEMIT) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditLayout:
+    """Where knowledge editors (ROME, MEMIT) write, as module paths inside a block.
+
+    ``edit_module`` is the MLP's output projection: its input is the editor's key k, its output the
+    value it writes (``nn.Linear`` for llama-style models, GPT-2's transposed ``Conv1D``).
+    ``mlp_module`` is the whole MLP (ROME's value site); a block's output is the residual stream
+    (MEMIT's target site). ``final_norm`` is the dotted path, from the model, of the norm that
+    precedes the LM head.
+    """
+
+    edit_module: str
+    mlp_module: str
+    final_norm: str
+
+
+# family (BlockLayout.family) -> edit layout
+EDIT_LAYOUTS: dict[str, EditLayout] = {
+    "llama": EditLayout(edit_module="mlp.down_proj", mlp_module="mlp", final_norm="model.norm"),
+    "gpt2": EditLayout(edit_module="mlp.c_proj", mlp_module="mlp", final_norm="transformer.ln_f"),
+}
+
+
+def edit_layout(model: nn.Module) -> EditLayout:
+    family = layout_for(model).family
+    try:
+        return EDIT_LAYOUTS[family]
+    except KeyError:
+        raise ValueError(f"no edit site known for family {family!r}; known: {sorted(EDIT_LAYOUTS)} "
+                         "(add it to EDIT_LAYOUTS in workflow_scripts/models/architectures.py)") from None
+
+
+def block_name(model: nn.Module, layer: int) -> str:
+    """Full dotted name of block ``layer`` (its output is the residual stream after that block)."""
+    return f"{layout_for(model).blocks}.{layer}"
+
+
+def edit_module_name(model: nn.Module, layer: int) -> str:
+    """Full dotted name of the module an editor changes in block ``layer`` (the MLP output projection)."""
+    return f"{block_name(model, layer)}.{edit_layout(model).edit_module}"
+
+
+def mlp_module_name(model: nn.Module, layer: int) -> str:
+    """Full dotted name of the MLP of block ``layer``."""
+    return f"{block_name(model, layer)}.{edit_layout(model).mlp_module}"
+
+
+def final_norm_name(model: nn.Module) -> str:
+    return edit_layout(model).final_norm
+
+
+def input_width(module: nn.Module) -> int:
+    """Number of input features: nn.Linear stores (out, in), GPT-2's Conv1D (in, out)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[0]
+    raise TypeError(f"not a linear module: {type(module).__name__}")
+
+
+def hidden_width(model: nn.Module) -> int:
+    """Width of the residual stream (``hidden_size``; ``n_embd`` for GPT-2 configs)."""
+    config = model.config
+    for key in ("hidden_size", "n_embd"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    raise ValueError(f"cannot tell the hidden width of {type(model).__name__}")
+
+
+def mlp_adds_to_residual(model: nn.Module) -> bool:
+    """True when a block's output is exactly ``residual + mlp(...)`` with nothing after the MLP, so
+    adding a vector to the MLP output at a position equals adding it to the block output there.
+    Holds for the plain llama and GPT-2 blocks (not, e.g., Gemma-2's post-feed-forward norm)."""
+    return getattr(model.config, "model_type", None) in _PLAIN_HEAD
+
+
 __all__ = [
     "BlockLayout",
     "LinearModule",
@@ -182,4 +262,14 @@ __all__ = [
     "count_neurons",
     "module_table",
     "describe",
+    "EditLayout",
+    "EDIT_LAYOUTS",
+    "edit_layout",
+    "block_name",
+    "edit_module_name",
+    "mlp_module_name",
+    "final_norm_name",
+    "input_width",
+    "hidden_width",
+    "mlp_adds_to_residual",
 ]

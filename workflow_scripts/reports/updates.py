@@ -56,7 +56,18 @@ def main_rows(table: pd.DataFrame) -> pd.DataFrame:
     tuned) and its most common number of epochs (sweeps over either are left to the overview)."""
     base = table[own_lr_ratio(table) == 1.0]
     base = base if len(base) else table
-    return base[base.epochs == base.epochs.mode().iloc[0]]
+    trained = base.method.map(trains_in_epochs)  # editors have neither epochs nor a learning rate
+    if not trained.any():
+        return base
+    return base[~trained | (base.epochs == base.epochs[trained].mode().iloc[0])]
+
+
+def trains_in_epochs(name: str) -> bool:
+    import dataclasses
+
+    from workflow_scripts.methods.base import method
+
+    return "epochs" in {f.name for f in dataclasses.fields(method(name).Params)}
 
 
 def with_interval(k: int, n: int) -> str:

@@ -41,6 +41,7 @@ class Run:
     curves: bool  # per-epoch curves: acquisition after every epoch
     tuned: bool = False  # lr_ratio is relative to the method's rate chosen in the lr_tuning scenario
     curve_every: int = 1  # curves: retention after every curve_every-th epoch (and the first learned one)
+    metrics: tuple[str, ...] = ("exact_match", "counterfact", "locality")  # what the evaluator scores
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -55,7 +56,7 @@ class Run:
         training settings and the input files)."""
         return {"scenario": self.scenario, "method": self.method, "variant": self.variant, "fold": self.fold,
                 "seed": self.seed, "params": dict(self.params), "curves": self.curves, "tuned": self.tuned,
-                "curve_every": self.curve_every}
+                "curve_every": self.curve_every, "metrics": list(self.metrics)}
 
 
 def grid_points(grid) -> list[dict]:
@@ -75,6 +76,9 @@ def build_runs(config: dict) -> dict[tuple, Run]:
     updates = config["updates"]
     defaults = config.get("methods", {})
     tune = bool(updates.get("tune_lr", False))
+    metrics = tuple(updates.get("metrics", ("exact_match", "counterfact", "locality")))
+    if "exact_match" not in metrics:
+        raise ValueError(f"updates.metrics {list(metrics)} must include exact_match (every row's headline)")
     runs: dict[tuple, Run] = {}
     for name, block in updates.get("scenarios", {}).items():
         s = scenario(name)  # a clear error for an unknown scenario
@@ -98,7 +102,8 @@ def build_runs(config: dict) -> dict[tuple, Run]:
                     run = Run(name, method_name, variant, int(fold), int(config["training"]["seed"]) + int(fold),
                               dataclasses.asdict(params), bool(block.get("curves", False)),
                               tune and not s.tuning and "lr_ratio" in params_fields(m),
-                              int(updates.get("curve_every", 1)) if block.get("curves", False) else 1)
+                              int(updates.get("curve_every", 1)) if block.get("curves", False) else 1,
+                              metrics)
                     previous = runs.get(run.key)
                     if previous is not None and previous.params != run.params:
                         raise ValueError(f"{where}: two settings share the label {variant!r}: "
@@ -133,6 +138,64 @@ def start_inputs(scenario_name: str, fold: int) -> dict[str, str]:
             "known": known[s.known]}
 
 
+def start_tag(scenario_name: str, fold: int) -> str:
+    """Which checkpoint a scenario starts from on a fold: ``base``, ``fold0_A``, ``fold0_AB``..."""
+    start = scenario(scenario_name).start
+    return "base" if start == "base" else f"fold{fold}_{start}"
+
+
+def covariance_path(tag: str, label: str) -> str:
+    return f"editing/covariance/{tag}/{label}.safetensors"
+
+
+SEQUENTIAL_SCENARIO = "nondissonant_update"  # sequential editing starts where this scenario starts (checkpoint A)
+
+
+def sequential_runs(config: dict) -> dict[str, Run]:
+    """The sequential-editing experiment's runs (``editing.sequential``), one per editor, with the
+    editor's default params: method -> Run (its start and covariance are those of a
+    ``nondissonant_update`` run on the same fold)."""
+    spec = config.get("editing", {}).get("sequential", {})
+    out = {}
+    if spec.get("methods") and int(spec.get("fold", 0)) not in config["updates"]["folds"]:
+        raise ValueError(f"editing.sequential.fold {spec.get('fold', 0)} must be among updates.folds {config['updates']['folds']}")
+    for name in spec.get("methods", []):
+        m = method(name)
+        params = m.make_params(config.get("methods", {}).get(name, {}), f"editing.sequential ({name})")
+        out[name] = Run(SEQUENTIAL_SCENARIO, name, "sequential", int(spec.get("fold", 0)),
+                        int(config["training"]["seed"]), dataclasses.asdict(params), False)
+    return out
+
+
+def sequential_inputs(run: Run) -> dict[str, str]:
+    """Start checkpoint, facts, slices, known-before table and, for editors that need one, the covariance."""
+    inputs = start_inputs(run.scenario, run.fold)
+    m = method(run.method)
+    for need in m.needs(m.Params(**run.params)):
+        kind, _, label = need.partition(":")
+        if kind == "covariance":
+            inputs["covariance"] = covariance_path(start_tag(run.scenario, run.fold), label)
+    return inputs
+
+
+def covariance_jobs(runs) -> dict[tuple[str, str], dict]:
+    """(start tag, covariance label) -> what the ``editing_covariance`` job computes: the start
+    checkpoint, and the runs (an iterable of :class:`Run`) whose edited layers it covers (their union)."""
+    jobs: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        m = method(run.method)
+        for need in m.needs(m.Params(**run.params)):
+            kind, _, label = need.partition(":")
+            if kind != "covariance":
+                continue
+            tag = start_tag(run.scenario, run.fold)
+            job = jobs.setdefault((tag, label), {"model": start_inputs(run.scenario, run.fold)["model"], "runs": []})
+            entry = {"method": run.method, "params": dict(run.params)}
+            if entry not in job["runs"]:
+                job["runs"].append(entry)
+    return jobs
+
+
 def run_inputs(run: Run) -> dict[str, str]:
     """Input roles of a run (paths relative to the results folder): start checkpoint, facts, fold
     slices, the known-before table, the start model's scores, and what the method needs (usage by
@@ -144,6 +207,9 @@ def run_inputs(run: Run) -> dict[str, str]:
     m = method(run.method)
     for need in sorted(m.needs(m.Params(**run.params))):
         kind, _, role = need.partition(":")
+        if kind == "covariance":  # an editor's key statistics on this run's start model
+            inputs["covariance"] = covariance_path(start_tag(run.scenario, run.fold), role)
+            continue
         if kind != "usage" or role not in s.usage:
             raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "
                              f"(it provides usage for {sorted(s.usage)})")

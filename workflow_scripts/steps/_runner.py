@@ -105,4 +105,7 @@ def run_step(main: Callable, snakemake=None) -> None:
 
     keep_freed_memory()
     torch.set_num_threads(max(1, int(job.threads)))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(max(1, int(job.threads)))  # numpy's BLAS too (scikit-learn), so side-by-side jobs share the cores
     call_main(main, job)

@@ -25,11 +25,12 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) -r requirements-test.txt
 	touch $@
 
-# Without an NVIDIA GPU, update jobs run one thread each, as many at once as cores and memory allow
+# Without an NVIDIA GPU, update and editing jobs run one thread each, as many at once as cores and memory allow
 # (6 GB each): on 2 cores two one-thread jobs finish 17 % sooner than one two-thread job after the
 # other (30 vs 36 s a run). With a GPU the profile's gpu=1 runs one model job at a time.
 CPU_SLOTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || awk -v n=$$(nproc) '/MemAvailable/ {m = int($$2 / 6e6); print (m < n ? (m < 1 ? 1 : m) : n)}' /proc/meminfo)
-RUN_FLAGS ?= $(if $(CPU_SLOTS),--resources gpu=$(CPU_SLOTS) --set-threads update=1,)
+ONE_THREAD := update=1 update_start=1 editing_covariance=1 editing_layers=1 editing_sequential=1
+RUN_FLAGS ?= $(if $(CPU_SLOTS),--resources gpu=$(CPU_SLOTS) --set-threads $(ONE_THREAD),)
 
 run: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) $(RUN_FLAGS)

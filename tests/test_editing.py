@@ -441,6 +441,8 @@ def test_the_layer_experiment_traces_sweeps_and_writes_a_choice_the_config_can_r
     out = layer_experiment(model, tok, facts, ["block", "mlp"], 2, 3.0, 0, [0], settings)  # (2 blocks: 0 is editable)
     assert set(out["trace"].site) == {"block", "mlp"} and set(out["sweep"].layer) == {0}
     assert len(out["sweep"]) == 3 and out["choice"]["rome_layer"] == 0
+    assert out["sweep"].paraphrase_beats_old.notna().sum() == facts.paraphrase_prompt.notna().sum()
+    assert set(out["trace"][out["trace"].site == "mlp"].window) == {5}  # MLP outputs restored in windows
     path = tmp_path / "choice.json"
     path.write_text(json.dumps(out["choice"]))
     assert parse_layers(f"file:{path}", model) == parse_layers(out["choice"]["memit_layers"], model)

@@ -30,10 +30,12 @@ def trace_facts(flat: pd.DataFrame, known: set[int], n: int, seed: int) -> pd.Da
 
 
 def layer_experiment(model, tok, facts: pd.DataFrame, sites: Sequence[str], samples: int, noise: float, seed: int,
-                     sweep_layers: Sequence[int], sweep_settings: dict, memit_width: int = 5) -> dict:
-    """Causal traces (per site: ``block`` = the residual stream, ``mlp`` = MLP outputs) of ``facts``
-    with their true objects, the layers they suggest, and ROME's efficacy (counterfact targets) at each
-    of ``sweep_layers``. Returns {"trace", "sweep", "choice"}."""
+                     sweep_layers: Sequence[int], sweep_settings: dict, memit_width: int = 5, mlp_window: int = 5) -> dict:
+    """Causal traces (per site: ``block`` = the residual stream, ``mlp`` = a window of ``mlp_window``
+    MLP outputs around each layer, as in ROME) of ``facts`` with their true objects, the layers they
+    suggest, and ROME's efficacy (counterfact targets) at each of ``sweep_layers``: the chosen layer
+    has the highest efficacy, then the highest paraphrase efficacy, then lies nearest the block
+    trace's peak at the subject's last token. Returns {"trace", "sweep", "choice"}."""
     from workflow_scripts.editing.covariance import covariance
     from workflow_scripts.editing.hparams import TargetSettings
     from workflow_scripts.editing.requests import EditRequest
@@ -50,7 +52,7 @@ def layer_experiment(model, tok, facts: pd.DataFrame, sites: Sequence[str], samp
     for site in sites:
         start = time.perf_counter()
         table = causal_trace(model, tok, true_requests, site=site, samples=samples, noise=noise, seed=seed,
-                             positions="key")
+                             positions="key", window=mlp_window if site == "mlp" else 1)
         traces.append(table.assign(site=site))
         log.info("causal trace (%s) of %d facts in %.1f s", site, len(facts), time.perf_counter() - start)
     trace = pd.concat(traces, ignore_index=True)
@@ -58,7 +60,7 @@ def layer_experiment(model, tok, facts: pd.DataFrame, sites: Sequence[str], samp
     for site in sites:
         picked = choose_layers(trace[trace.site == site], depth, width=memit_width)
         choice[site] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in picked.items()}
-    sweep = pd.DataFrame(columns=["layer", "case_id", "new_beats_old", "exact"])
+    sweep = pd.DataFrame(columns=["layer", "case_id", "new_beats_old", "exact", "paraphrase_beats_old"])
     if sweep_layers:
         start = time.perf_counter()
         new_requests = [EditRequest(r.prompt, r.subject, r.target_new, int(r.case_id)) for r in facts.itertuples()]
@@ -66,12 +68,17 @@ def layer_experiment(model, tok, facts: pd.DataFrame, sites: Sequence[str], samp
                           tokens=int(sweep_settings["cov_tokens"]), max_len=int(sweep_settings["cov_max_len"]))
         hp = TargetSettings(steps=int(sweep_settings["steps"]), lr=float(sweep_settings["lr"]), clamp=4.0)
         sweep = efficacy_by_layer(model, tok, new_requests, facts.target_true.tolist(), sweep_layers, covs,
-                                  fixed_templates([]), hp)
+                                  fixed_templates([]), hp, paraphrases=facts.paraphrase_prompt.tolist())
         log.info("ROME layer sweep over %s in %.1f s", list(sweep_layers), time.perf_counter() - start)
-        summary = efficacy_summary(sweep)
-        best = summary.sort_values(["efficacy", "exact", "layer"], ascending=[False, False, True]).iloc[0]
+        summary = efficacy_summary(sweep).merge(
+            sweep.groupby("layer", as_index=False).paraphrase_beats_old.agg(lambda x: x.dropna().astype(float).mean())
+            .rename(columns={"paraphrase_beats_old": "paraphrase"}), on="layer")
+        peak = choice[sites[0]]["peak"]
+        summary = summary.assign(distance=(summary.layer - peak).abs())
+        best = summary.sort_values(["efficacy", "paraphrase", "distance"], ascending=[False, False, True]).iloc[0]
         choice["sweep"] = {"rome_layer": int(best.layer),
                            "efficacy_by_layer": {int(r.layer): float(r.efficacy) for r in summary.itertuples()},
+                           "paraphrase_by_layer": {int(r.layer): float(r.paraphrase) for r in summary.itertuples()},
                            "exact_by_layer": {int(r.layer): float(r.exact) for r in summary.itertuples()}}
         top = max(0, depth - 2)
         first = max(0, min(int(best.layer) - memit_width // 2, top - memit_width + 1))

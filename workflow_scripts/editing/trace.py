@@ -92,7 +92,7 @@ def causal_trace(model: nn.Module, tokenizer, requests: Sequence[EditRequest], s
             input_ids = torch.tensor([ids], device=device)
             trace = Trace(model, names, retain_output=True)
             with trace:
-                clean_logits = model(input_ids=input_ids, use_cache=False).logits[0, -1]
+                clean_logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
             clean = {name: trace.outputs[name][0] for name in names}  # (T, d)
             p_clean = float(torch.softmax(clean_logits.float(), -1)[target])
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
@@ -110,7 +110,7 @@ def causal_trace(model: nn.Module, tokenizer, requests: Sequence[EditRequest], s
             per_pass = max(1, max_rows // samples)
             handle = emb.register_forward_hook(corrupt)
             try:
-                base = model(input_ids=input_ids.expand(samples, -1), use_cache=False).logits[:, -1]
+                base = model(input_ids=input_ids.expand(samples, -1), use_cache=False, logits_to_keep=1).logits[:, -1]
                 p_corrupt = float(torch.softmax(base.float(), -1)[:, target].mean())
                 for start in range(0, len(grid), per_pass):
                     part = grid[start : start + per_pass]
@@ -129,7 +129,7 @@ def causal_trace(model: nn.Module, tokenizer, requests: Sequence[EditRequest], s
                     for m in managers:
                         m.__enter__()
                     try:
-                        logits = model(input_ids=batch, use_cache=False).logits[:, -1]
+                        logits = model(input_ids=batch, use_cache=False, logits_to_keep=1).logits[:, -1]
                     finally:
                         for m in reversed(managers):
                             m.__exit__(None, None, None)
@@ -164,10 +164,12 @@ def choose_layers(table: pd.DataFrame, n_layers: int, width: int = 5, kind: str 
 
 
 def efficacy_by_layer(model: nn.Module, tokenizer, requests: Sequence[EditRequest], true_targets: Sequence[str],
-                      layers: Sequence[int], covs: dict, templates: Sequence[str], hp=None) -> pd.DataFrame:
+                      layers: Sequence[int], covs: dict, templates: Sequence[str], hp=None,
+                      paraphrases: Sequence[str | None] | None = None) -> pd.DataFrame:
     """ROME at each candidate layer, one fact at a time (weights restored after each): per layer and
     fact, whether the new target beats the old one (mean log-probability) and is the exact-match
-    answer. v* of all facts at a layer are optimised in one batch."""
+    answer, and (with ``paraphrases``) whether it beats the old one after the paraphrase prompt
+    (``paraphrase_beats_old``; None without one). v* of all facts at a layer are optimised in one batch."""
     from workflow_scripts.editing.hparams import TargetSettings
     from workflow_scripts.editing.keys import subject_keys
     from workflow_scripts.editing.rome import rome_update
@@ -186,10 +188,13 @@ def efficacy_by_layer(model: nn.Module, tokenizer, requests: Sequence[EditReques
         try:
             for j, r in enumerate(requests):
                 site.apply(rome_update(site.matrix(), covs[layer], k_mean[j], k_bare[j], values[j]))
-                scores = score_targets(model, tokenizer, [r.prompt, r.prompt], [r.target, true_targets[j]])
+                para = paraphrases[j] if paraphrases is not None else None
+                prompts = [r.prompt, r.prompt] + ([para, para] if para else [])
+                scores = score_targets(model, tokenizer, prompts, [r.target, true_targets[j]] * (len(prompts) // 2))
                 rows.append({"layer": int(layer), "case_id": r.case_id,
                              "new_beats_old": bool(scores.mean_logprob[0] > scores.mean_logprob[1]),
-                             "exact": bool(scores.correct[0])})
+                             "exact": bool(scores.correct[0]),
+                             "paraphrase_beats_old": bool(scores.mean_logprob[2] > scores.mean_logprob[3]) if para else None})
                 with torch.no_grad():
                     site.weight.copy_(original)
         finally:

@@ -23,7 +23,7 @@ def write_layer_report(out: dict, model: str, figure: str, summary: str) -> None
     sites = list(dict.fromkeys(trace.site))
     plt = pyplot()
     panels = len(sites) + (1 if len(sweep) else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 4.0), squeeze=False)
     for ax, site in zip(axes[0], sites):
         matrix = trace_matrix(trace, site)
         image = ax.imshow(matrix.to_numpy(), aspect="auto", cmap="Purples" if site == "mlp" else "Blues")
@@ -32,7 +32,7 @@ def write_layer_report(out: dict, model: str, figure: str, summary: str) -> None
         ax.set_xticks(ticks, [str(matrix.columns[t]) for t in ticks], fontsize=7)
         ax.set_xlabel("layer")
         ax.set_title(f"restoring {'MLP outputs' if site == 'mlp' else 'block outputs (residual stream)'}", fontsize=9)
-        fig.colorbar(image, ax=ax, label="indirect effect on p(true object)")
+        fig.colorbar(image, ax=ax, label="indirect effect")
     if len(sweep):
         ax = axes[0][-1]
         stats = sweep.groupby("layer").agg(k=("new_beats_old", "sum"), n=("new_beats_old", "size"),
@@ -44,12 +44,16 @@ def write_layer_report(out: dict, model: str, figure: str, summary: str) -> None
         ax.errorbar(stats.index, share, yerr=[share - np.array(low), np.array(high) - share], marker="o",
                     capsize=3, label="new object beats the true one")
         ax.plot(stats.index, stats.exact, marker="s", ls="--", label="new object is the exact answer")
+        para = sweep.dropna(subset=["paraphrase_beats_old"]).groupby("layer").paraphrase_beats_old.mean()
+        ax.plot(para.index, para.astype(float), marker="^", ls=":", label="… beats it after the paraphrase")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("edited layer (ROME)")
         ax.set_ylabel(f"share of {int(stats.n.iloc[0])} facts")
         ax.legend(fontsize=7)
         ax.set_title("ROME efficacy by layer (95 % Wilson)", fontsize=9)
-    fig.suptitle(f"Where facts live: causal tracing of {choice['facts']} known facts ({model})", fontsize=10)
+    fig.suptitle(f"Where facts live: causal tracing of {choice['facts']} known facts ({model}); "
+                 "indirect effect = recovered p(true object)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     save_figure(fig, figure)
     lines = [f"# Where facts live ({model})", "",
              f"Causal tracing of {choice['facts']} facts the pre-trained model knows (one per subject): the "
@@ -64,6 +68,7 @@ def write_layer_report(out: dict, model: str, figure: str, summary: str) -> None
     if len(sweep):
         summary_table = sweep.groupby("layer").agg(efficacy=("new_beats_old", "mean"), exact=("exact", "mean"),
                                                    n=("case_id", "size"))
+        summary_table["paraphrase"] = sweep.dropna(subset=["paraphrase_beats_old"]).groupby("layer").paraphrase_beats_old.mean()
         lines += ["## ROME efficacy by layer (counterfact targets)", "", summary_table.round(3).to_markdown(), ""]
     lines += [f"**Chosen:** ROME layer {choice['rome_layer']}, MEMIT layers {choice['memit_layers']} "
               "(editing/layer_choice.json; `methods.memit.layers: \"file:results/editing/layer_choice.json\"` "

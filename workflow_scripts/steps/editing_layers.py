@@ -25,8 +25,8 @@ def main(input, output, params, threads):
     out = layer_experiment(model, tok, facts, spec["sites"], int(spec["samples"]), float(spec["noise"]),
                            int(spec["seed"]), [int(x) for x in spec["sweep"]], dict(params.rome))
     write_parquet(out["trace"], str(output.trace))
-    write_parquet(out["sweep"].astype({"layer": "int64", "case_id": "int64", "new_beats_old": bool, "exact": bool}),
-                  str(output.sweep))
+    write_parquet(out["sweep"].astype({"layer": "int64", "case_id": "int64", "new_beats_old": bool, "exact": bool,
+                                       "paraphrase_beats_old": "boolean"}), str(output.sweep))
     write_json(out["choice"], str(output.choice))
     write_layer_report(out, str(params.model), str(output.figure), str(output.summary))
 

@@ -235,3 +235,19 @@ def test_generation_metric_counts_target_mentions_and_scores_ngram_entropy(tiny_
     texts = greedy_continuations(model, tok, flat.generation_prompt.iloc[4:8].tolist(), new_tokens=6, batch_size=3)
     alone = [greedy_continuations(model, tok, [p], new_tokens=6)[0] for p in flat.generation_prompt.iloc[4:8]]
     assert texts == alone  # left padding: a prompt continues the same in any batch
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_locality_reads_the_same_next_token_as_a_forward_pass_on_the_prompt_alone(tiny_model_dirs, starter, family):
+    from workflow_scripts.evaluation.evaluator import next_token_predictions
+    from workflow_scripts.models.encoding import pad_id, pad_right
+
+    model, tok = load_model(tiny_model_dirs[family])
+    nb = neighbourhood_table(starter[:30], [r["case_id"] for r in starter[:30]])
+    scored = next_token_predictions(model, tok, nb.prompt, nb.target_true)
+    encoded = [tok(p.rstrip())["input_ids"] for p in nb.prompt]
+    ids, mask = pad_right(encoded, pad_id(tok))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
+    alone = logits[torch.arange(len(encoded)), torch.tensor([len(x) - 1 for x in encoded])].argmax(-1).numpy()
+    assert len(nb) > 20 and (scored == alone).all()

@@ -113,12 +113,13 @@ def sequential_editing(model, tok, method_name: str, params, old: pd.DataFrame, 
         model = result.model
         total += time.perf_counter() - start
         edited = stream.iloc[: step * batch].reset_index(drop=True).assign(paraphrase_prompt=None)
-        row, items = evaluate(model, tok, EvalSuite(known, frozenset(known.case_id), edited, target), ("exact_match",))
+        _, items = evaluate(model, tok, EvalSuite(known, frozenset(known.case_id), edited, target), ("exact_match",))
+        kept = items[items.metric == "retention_old"].correct
         correct = items[items.metric == "acc_new"].set_index("case_id").correct
         latest = correct.loc[part.case_id]
         earlier = correct.drop(part.case_id)
         out = {"method": method_name, "step": step, "edits": step * batch, "edit_seconds": total,
-               **_share("retention_old", int(round(row["retention_old"] * row["retention_old_n"])), row["retention_old_n"]),
+               **_share("retention_old", int(kept.sum()), len(kept)),
                **_share("acc_edited", int(correct.sum()), len(correct)),
                **_share("acc_latest", int(latest.sum()), len(latest)),
                **_share("acc_earlier", int(earlier.sum()), len(earlier))}

@@ -45,8 +45,16 @@ class UpdateRequest:
 class UpdateResult:
     model: Any
     delta: dict[str, torch.Tensor] | None  # parameter name -> after - before, changed parameters only
-    stats: dict[str, float]  # train_seconds, changed_parameters, epochs_run, ...
+    stats: dict[str, float]  # train_seconds, changed_entries, delta_norm, epochs_run, ...
     columns: dict[str, Any] = field(default_factory=dict)  # method-specific row columns (strategy, k, ...)
+
+
+def delta_stats(delta: Mapping[str, "torch.Tensor"]) -> dict[str, float]:
+    """What every method's row says of its change: entries changed and the delta's Frobenius norm."""
+    import torch
+
+    return {"changed_entries": int(sum(int((d != 0).sum()) for d in delta.values())),
+            "delta_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))) if delta else 0.0}
 
 
 class Method:

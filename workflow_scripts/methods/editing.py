@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Union
 
-from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, register
+from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, delta_stats, register
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ class Editor(Method):
         return covariance(model, tokenizer, layers, corpus=params.cov_corpus, tokens=int(params.cov_tokens),
                           max_len=int(params.cov_max_len), cache_dir=request.inputs.get("covariance_cache"))
 
-    def edit(self, model, tokenizer, requests, params, layers, covs, templates) -> tuple[dict, dict]:
-        """Apply the edit in place: (numeric stats, result columns)."""
+    def edit(self, model, tokenizer, requests, params, layers, covs, templates) -> dict:
+        """Apply the edit in place; return its numeric statistics."""
         raise NotImplementedError
 
     def apply(self, model, tokenizer, request: UpdateRequest, params) -> UpdateResult:
@@ -181,13 +181,9 @@ class Editor(Method):
                     delta[s.weight_name] = d
         seconds = time.perf_counter() - start
         k = sum(s.out_width for s in sites)
-        changed = int(sum(int((d != 0).sum()) for d in delta.values()))
         stats = {"seconds": seconds, "epochs_run": 1, "edits": len(requests), "templates": len(templates),
                  "template_seconds": template_seconds, "cov_seconds": cov_seconds,
-                 "edit_seconds": seconds - template_seconds - cov_seconds, "changed_parameters": changed,
-                 "changed_entries": changed,
-                 "delta_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))) if delta else 0.0,
-                 **stats}
+                 "edit_seconds": seconds - template_seconds - cov_seconds, **delta_stats(delta), **stats}
         columns = {"arm": self.arm(params), "epochs": 1, "lr_ratio": 1.0, "k": k, "k_fraction": k / count_neurons(model),
                    "edit_layers": ",".join(str(x) for x in layers)}
         return UpdateResult(model, delta, stats, columns)

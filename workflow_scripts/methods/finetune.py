@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow_scripts.methods import neurons
-from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, _fmt, register
+from workflow_scripts.methods.base import Method, UpdateRequest, UpdateResult, _fmt, delta_stats, register
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,7 @@ class FineTune(Method):
                     delta[n] = p.detach() - before[n]
         stats = {"seconds": seconds, "epochs_run": len(history), "final_loss": history[-1]["loss"],
                  "lr": cfg.lr, "batch_size": cfg.batch_size,
-                 "steps": len(history) * -(-len(request.prompts) // cfg.batch_size), "changed_entries": int(sum(int((d != 0).sum()) for d in delta.values())),
-                 "delta_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))) if delta else 0.0}
+                 "steps": len(history) * -(-len(request.prompts) // cfg.batch_size), **delta_stats(delta)}
         return UpdateResult(model, delta, stats, {"arm": self.arm(params), "epochs": int(params.epochs),
                                                   "lr_ratio": float(params.lr_ratio), **columns})
 

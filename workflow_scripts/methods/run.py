@@ -41,26 +41,33 @@ def build_suite(scenario_name: str, records: list[dict], slices: pd.DataFrame, k
     return EvalSuite(keep, known_before, learn, s.target, neighbourhood_table(records, learn.case_id))
 
 
+def start_scores(model, tok, suite: EvalSuite) -> dict:
+    """The start model's scores, taken before an update: each slice's accuracy (``before``) and the
+    metrics' reference state (``state``: e.g. the neighbourhood predictions locality compares with),
+    in the JSON form :func:`score_start` writes."""
+    state = prepare(model, tok, suite)
+    before, _ = evaluate(model, tok, suite, CURVE_METRICS)
+    return {"before": before, "state": {k: (v.tolist() if v is not None else None) for k, v in state.items()}}
+
+
 def score_start(scenario_name: str, inputs: dict[str, str], out: str | None = None) -> dict:
-    """The scenario's start model scored once per fold, for every run of it: each slice's accuracy
-    just before the update (``before``) and the metrics' reference state (``state``: e.g. the start
-    model's neighbourhood predictions for locality). Written as JSON when ``out`` is given."""
+    """Rule update_start: the scenario's start model scored once per fold, for every run of it
+    (:func:`start_scores`), written as JSON when ``out`` is given."""
     from workflow_scripts.models.loading import load_model
 
     records = read_facts(inputs["facts"])
     suite = build_suite(scenario_name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
     model, tok = load_model(str(inputs["model"]), dtype="float32")
-    state = prepare(model, tok, suite)
-    before, _ = evaluate(model, tok, suite, CURVE_METRICS)
-    start = {"before": before, "state": {k: (v.tolist() if v is not None else None) for k, v in state.items()}}
+    start = start_scores(model, tok, suite)
     if out is not None:
         write_json(start, out)
     return start
 
 
-def read_start(path: str) -> tuple[dict, dict]:
-    """(before, state) of :func:`score_start`'s file, the state as the metrics take it."""
-    start = json.loads(Path(path).read_text(encoding="utf-8"))
+def read_start(start: str | dict) -> tuple[dict, dict]:
+    """(before, state) of :func:`start_scores` (or its file), the state as the metrics take it."""
+    if not isinstance(start, dict):
+        start = json.loads(Path(start).read_text(encoding="utf-8"))
     state = {k: (np.asarray(v, dtype=np.int64) if v is not None else None) for k, v in start["state"].items()}
     return start["before"], state
 
@@ -80,14 +87,10 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
 
         tuned_ratio = read_rate(str(inputs["lr_rates"]), m.name)
         params = dataclasses.replace(params, lr_ratio=params.lr_ratio * tuned_ratio)
-    if inputs.get("start"):
-        before, state = read_start(str(inputs["start"]))
-    else:
-        start = score_start(s.name, inputs)
-        before, state = start["before"], {k: (np.asarray(v) if v is not None else None) for k, v in start["state"].items()}
     records = read_facts(inputs["facts"])
     suite = build_suite(s.name, records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
     model, tok = load_model(str(inputs["model"]), dtype="float32")
+    before, state = read_start(str(inputs["start"]) if inputs.get("start") else start_scores(model, tok, suite))
     curve = Curve(suite, tok, int(job.get("curve_every", 1)), before) if job["curves"] else None
 
     request = UpdateRequest(

@@ -99,13 +99,18 @@ def linear_modules(model: nn.Module) -> list[LinearModule]:
     return out
 
 
-def output_width(module: nn.Module) -> int:
-    """Number of output units (neurons): nn.Linear stores (out, in), GPT-2's Conv1D (in, out)."""
+def _in_out(module: nn.Module) -> tuple[int, int]:
+    """(input features, output units): nn.Linear stores its weight (out, in), GPT-2's Conv1D (in, out)."""
     if isinstance(module, nn.Linear):
-        return module.out_features
+        return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D":
-        return module.weight.shape[1]
+        return tuple(module.weight.shape)
     raise TypeError(f"not a linear module: {type(module).__name__}")
+
+
+def output_width(module: nn.Module) -> int:
+    """Number of output units (neurons)."""
+    return _in_out(module)[1]
 
 
 def weight_is_transposed(module: nn.Module) -> bool:
@@ -224,22 +229,8 @@ def final_norm_name(model: nn.Module) -> str:
 
 
 def input_width(module: nn.Module) -> int:
-    """Number of input features: nn.Linear stores (out, in), GPT-2's Conv1D (in, out)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    if type(module).__name__ == "Conv1D":
-        return module.weight.shape[0]
-    raise TypeError(f"not a linear module: {type(module).__name__}")
-
-
-def hidden_width(model: nn.Module) -> int:
-    """Width of the residual stream (``hidden_size``; ``n_embd`` for GPT-2 configs)."""
-    config = model.config
-    for key in ("hidden_size", "n_embd"):
-        value = getattr(config, key, None)
-        if value:
-            return int(value)
-    raise ValueError(f"cannot tell the hidden width of {type(model).__name__}")
+    """Number of input features (an editor's key width)."""
+    return _in_out(module)[0]
 
 
 def mlp_adds_to_residual(model: nn.Module) -> bool:
@@ -270,6 +261,5 @@ __all__ = [
     "mlp_module_name",
     "final_norm_name",
     "input_width",
-    "hidden_width",
     "mlp_adds_to_residual",
 ]

@@ -63,11 +63,10 @@ def main_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def trains_in_epochs(name: str) -> bool:
-    import dataclasses
-
     from workflow_scripts.methods.base import method
+    from workflow_scripts.scenarios.runs import params_fields
 
-    return "epochs" in {f.name for f in dataclasses.fields(method(name).Params)}
+    return "epochs" in params_fields(method(name))
 
 
 def with_interval(k: int, n: int) -> str:

@@ -148,6 +148,16 @@ def covariance_path(tag: str, label: str) -> str:
     return f"editing/covariance/{tag}/{label}.safetensors"
 
 
+def covariance_need(run: Run) -> tuple[str, str] | None:
+    """(start tag, covariance label) when the run's method needs its start model's covariance."""
+    m = method(run.method)
+    for need in m.needs(m.Params(**run.params)):
+        kind, _, label = need.partition(":")
+        if kind == "covariance":
+            return start_tag(run.scenario, run.fold), label
+    return None
+
+
 SEQUENTIAL_SCENARIO = "nondissonant_update"  # sequential editing starts where this scenario starts (checkpoint A)
 
 
@@ -170,11 +180,9 @@ def sequential_runs(config: dict) -> dict[str, Run]:
 def sequential_inputs(run: Run) -> dict[str, str]:
     """Start checkpoint, facts, slices, known-before table and, for editors that need one, the covariance."""
     inputs = start_inputs(run.scenario, run.fold)
-    m = method(run.method)
-    for need in m.needs(m.Params(**run.params)):
-        kind, _, label = need.partition(":")
-        if kind == "covariance":
-            inputs["covariance"] = covariance_path(start_tag(run.scenario, run.fold), label)
+    need = covariance_need(run)
+    if need is not None:
+        inputs["covariance"] = covariance_path(*need)
     return inputs
 
 
@@ -183,16 +191,13 @@ def covariance_jobs(runs) -> dict[tuple[str, str], dict]:
     checkpoint, and the runs (an iterable of :class:`Run`) whose edited layers it covers (their union)."""
     jobs: dict[tuple[str, str], dict] = {}
     for run in runs:
-        m = method(run.method)
-        for need in m.needs(m.Params(**run.params)):
-            kind, _, label = need.partition(":")
-            if kind != "covariance":
-                continue
-            tag = start_tag(run.scenario, run.fold)
-            job = jobs.setdefault((tag, label), {"model": start_inputs(run.scenario, run.fold)["model"], "runs": []})
-            entry = {"method": run.method, "params": dict(run.params)}
-            if entry not in job["runs"]:
-                job["runs"].append(entry)
+        need = covariance_need(run)
+        if need is None:
+            continue
+        job = jobs.setdefault(need, {"model": start_inputs(run.scenario, run.fold)["model"], "runs": []})
+        entry = {"method": run.method, "params": dict(run.params)}
+        if entry not in job["runs"]:
+            job["runs"].append(entry)
     return jobs
 
 

@@ -6,11 +6,13 @@ from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
 from workflow_scripts.scenarios.runs import (
     build_runs,
     covariance_jobs,
+    rounds_jobs,
     run_inputs,
     scenarios_with_runs,
     sequential_inputs,
     sequential_runs,
     start_inputs,
+    statistics_jobs,
     table_rows,
 )
 
@@ -94,7 +96,36 @@ RUNS = build_runs(config)
 # The sequential-editing experiment's runs (method -> Run), and the editors' covariance jobs:
 # (start checkpoint tag, covariance label) -> start model and the runs it serves.
 SEQUENTIAL = sequential_runs(config)
-COVARIANCES = covariance_jobs([*RUNS.values(), *SEQUENTIAL.values()])
+# Collaborative editing: multi-round trajectories (name -> job), and the clients' per-fact statistics:
+# (scenario, fold, label) -> the start model and settings they are measured with.
+ROUNDS = rounds_jobs(config)
+COVARIANCES = covariance_jobs([*RUNS.values(), *SEQUENTIAL.values(), *(j["run"] for j in ROUNDS.values())])
+STATISTICS = statistics_jobs([*RUNS.values(), *(j["run"] for j in ROUNDS.values())])
+
+
+def statistics_job(wildcards):
+    try:
+        return STATISTICS[(wildcards.scenario, int(wildcards.fold), wildcards.label)]
+    except KeyError:
+        raise ValueError(f"no configured merge run needs statistics {wildcards.label!r} of {wildcards.scenario!r} "
+                         f"fold {wildcards.fold}") from None
+
+
+def statistics_job_inputs(wildcards):
+    job = statistics_job(wildcards)
+    out = {name: res(job[name]) for name in ("model", "facts", "slices")}
+    if job["covariance"]:
+        out["covariance"] = res(job["covariance"])
+    return out
+
+
+def rounds_job_inputs(wildcards):
+    return {name: res(path) for name, path in ROUNDS[wildcards.name]["inputs"].items()}
+
+
+def merge_run_files(kind):
+    """row / outcomes files of the merge method's runs (the collaborative-editing report)."""
+    return [res(f"{run.path}/{kind}.parquet") for run in RUNS.values() if run.method == "merge"]
 
 
 def sequential_job_inputs(wildcards):

@@ -102,9 +102,11 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "training": {"lr": 0.003, "batch_size": 8},
         "awareness": {"n_history": 6, "history_epochs": 2, "n_finetune": 10, "finetune_epochs": 30,
                       "n_per_class": 6, "seeds": [0, 1], "resplits": 2, "test_fraction": 0.34, "block_ranges": 2},
-        "methods": {"rome": {"cov_tokens": 2000, "steps": 4}, "memit": {"cov_tokens": 2000, "steps": 4}},
+        "methods": {"rome": {"cov_tokens": 2000, "steps": 4}, "memit": {"cov_tokens": 2000, "steps": 4},
+                    "merge": {"cov_tokens": 2000, "steps": 4}},
+        "merging": {"rounds": {"rules": ["collabedit"], "alpha": [0, 1], "rounds": 2, "clients": 2, "per_client": 1}},
         "editing": {"layers": {"facts": 2, "samples": 1, "sweep": [0]}, "sequential": {"batch": 2, "stream": ["B"]}},
-        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6}, "old_epochs": 25,
+        "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6, "E": 4}, "old_epochs": 25,
                     "tune_lr": True, "scenarios": {
             "lr_tuning": {"epochs": 25, "methods": {
                 "full": {"lr_ratio": [1.0, 3.0]}, "lora": {}, "neurons": {"strategy": "plastic", "k": 20}}},
@@ -118,6 +120,8 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
             "false_nonconflicting": {"epochs": 25, "curves": True, "methods": {
                 "full": {}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},
+            "collaborative_edit": {"methods": {"merge": [{"rule": ["global", "collabedit", "ties"], "clients": 2},
+                                                         {"rule": "ta", "clients": 4}]}},
         }},
     }
     for key, value in changes.items():

@@ -24,7 +24,8 @@ FIXED_COLUMNS = {"arm", "epochs", "lr_ratio", "k", "k_fraction"}
 # per method: a setting for the contract test (every strategy-dependent input provided below)
 CONTRACT_SETTINGS = {"full": {"epochs": 2}, "lora": {"epochs": 2, "r": 4},
                      "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1},
-                     "rome": {"steps": 3, "cov_tokens": 2000}, "memit": {"steps": 3, "cov_tokens": 2000}}
+                     "rome": {"steps": 3, "cov_tokens": 2000}, "memit": {"steps": 3, "cov_tokens": 2000},
+                     "merge": {"steps": 3, "cov_tokens": 2000, "rule": "ties", "clients": 3}}
 
 
 def test_every_registered_method_has_a_contract_setting():

@@ -50,10 +50,10 @@ def test_every_output_is_produced(finished_run):
         assert (res / "awareness" / setting / "classifier.skops").is_file()
     assert (res / "usage" / "history_H.safetensors").is_file()
     slices = pd.read_parquet(res / "stages" / "fold0" / "slices.parquet")
-    assert slices.slice.value_counts()[["A", "B", "C", "D", "V", "K"]].tolist() == [6, 4, 4, 2, 2, 6]
+    assert slices.slice.value_counts()[["A", "B", "C", "D", "V", "K", "E"]].tolist() == [6, 4, 4, 2, 2, 6, 4]
     base_known = pd.read_parquet(res / "probe" / "facts.parquet").query("target_kind == 'true' and correct")
     assert set(slices.case_id[slices.slice.isin(["A", "B", "C", "D", "V"])]).isdisjoint(base_known.case_id)
-    assert set(slices.case_id[slices.slice == "K"]) <= set(base_known.case_id)
+    assert set(slices.case_id[slices.slice.isin(["K", "E"])]) <= set(base_known.case_id)
     after_b = pd.read_parquet(res / "stages" / "fold0" / "known_AB.parquet")
     # checkpoint AB learns B (at least 3 of the 4: the tiny model can stall on two facts that differ only
     # in their subject, "The capital of Canada/Denmark is", depending on which facts the slices draw)
@@ -62,8 +62,9 @@ def test_every_output_is_produced(finished_run):
     assert (learned_b.first_token_rank <= 2).all()  # a fact not yet known is at least runner-up
 
     runs = pd.read_csv(res / "runs.tsv", sep="\t")
-    assert len(runs) == 4 + (6 + 2) + 6 + (3 + 2) + (3 + 2) + 2 and set(runs.scenario) == {
-        "lr_tuning", "nondissonant_update", "lottery", "dissonant_update", "matched_control", "false_nonconflicting"}
+    assert len(runs) == 4 + (6 + 2) + 6 + (3 + 2) + (3 + 2) + 2 + 4 and set(runs.scenario) == {
+        "lr_tuning", "nondissonant_update", "lottery", "dissonant_update", "matched_control", "false_nonconflicting",
+        "collaborative_edit"}
     # learning rates: each family's chosen on V by the declared rule, then used by its every other run
     rates = {m: json.loads((res / "tuning" / f"lr_{m}.json").read_text())[m]["lr_ratio"] for m in ("full", "lora", "neurons")}
     assert rates["full"] in (1.0, 3.0) and rates["lora"] == rates["neurons"] == 1.0  # one rate offered
@@ -77,8 +78,22 @@ def test_every_output_is_produced(finished_run):
     assert (main[main.method == "neurons"].k == 20).all()
     editors = updates[updates.method.isin(["rome", "memit"])]  # one covariance per start checkpoint, shared
     assert set(editors.edit_layers) == {"0"} and (editors.efficacy_score_n == 4).all()
-    assert sorted(p.name for p in (res / "editing" / "covariance").rglob("*.safetensors")) == [
-        "gensim_wiki_t2000_w256.safetensors"] * 2
+    assert sorted(p.parent.name for p in (res / "editing" / "covariance").rglob("*.safetensors")) == [
+        "base", "fold0_A", "fold0_AB"]
+    # collaborative editing: four merge runs and two multi-round trajectories read one statistics file
+    merges = pd.read_parquet(res / "updates" / "collaborative_edit" / "metrics.parquet")
+    assert sorted(merges.arm) == ["merge_collabedit", "merge_global", "merge_ta", "merge_ties"]
+    assert (merges.stage == "base->E'").all() and (merges.efficacy_score_n == 4).all() and (merges.n_old == 6).all()
+    pair = merges.set_index("arm").loc[["merge_collabedit", "merge_global"]]
+    for column in ("efficacy_score", "paraphrase_score", "neighbourhood_score", "acc_new", "locality", "retention_old"):
+        assert pair[column].iloc[0] == pair[column].iloc[1], column  # CollabEdit equals GLOBAL
+    assert pair.max_rel_diff_vs_global.iloc[0] < 1e-8 and len(list((res / "merging" / "statistics").rglob("*.safetensors"))) == 1
+    rounds = pd.read_parquet(res / "merging" / "rounds" / "collabedit_a1_rounds.parquet")
+    assert rounds["round"].tolist() == [1, 2] and (rounds.max_rel_diff_vs_global < 1e-8).all()
+    outcomes = pd.read_parquet(res / "merging" / "rounds" / "collabedit_a0.parquet")
+    assert sorted(outcomes.after_round.unique()) == [1, 2] and set(outcomes.edited_in) == {0, 1, 2}
+    merging = (res / "report" / "merging.md").read_text()
+    assert "CollabEdit vs GLOBAL" in merging and "Multi-round editing" in merging
     sequential = pd.read_parquet(res / "editing" / "sequential" / "memit.parquet")
     assert list(sequential.edits) == [2, 4] and (sequential.retention_old_n == sequential.retention_old_n.iloc[0]).all()
     choice = json.loads((res / "editing" / "layer_choice.json").read_text())
@@ -103,7 +118,8 @@ def test_every_output_is_produced(finished_run):
     assert len(pd.read_parquet(res / "updates" / "nondissonant_update" / "curves.parquet")) == len(updates)  # final epoch only
     for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
                    "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",
-                   "updates_sweeps", "leaderboard_pareto", "editing_causal_trace", "editing_sequential"):
+                   "updates_sweeps", "leaderboard_pareto", "editing_causal_trace", "editing_sequential",
+                   "merging_clients", "merging_rounds"):
         assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     overview = (res / "report" / "updates.md").read_text()
     assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview
@@ -112,7 +128,7 @@ def test_every_output_is_produced(finished_run):
     assert {"retention", "retention_lo", "retention_hi", "acquisition", "generalisation", "locality",
             "retention_vs_ref_p"} <= set(board.columns)
     assert board.reference.sum() == 4  # full/default in every reported scenario that runs full fine-tuning
-    assert {"rome", "memit"} <= set(board.method)
+    assert {"rome", "memit", "merge"} <= set(board.method)
     assert "lr_tuning" not in set(board.scenario)  # tuning runs choose rates; they are not results
     assert "# Leaderboard" in (res / "report" / "leaderboard.md").read_text()
     summary = pd.read_csv(res / "report" / "familiarity.csv")

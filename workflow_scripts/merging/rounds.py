@@ -30,6 +30,11 @@ from workflow_scripts.merging.merges import gram
 log = logging.getLogger(__name__)
 
 
+def alpha_label(alpha: float | str) -> str:
+    """"0", "1", "0.5" or "lambda": how a state weight is named in files and tables."""
+    return "lambda" if alpha == "lambda" else format(float(alpha), "g")
+
+
 def alpha_value(alpha: float | str, lam: float) -> float:
     """The numeric weight of the state update: a number, or ``"lambda"`` (= λ of that layer)."""
     if alpha == "lambda":
@@ -78,7 +83,7 @@ def run_rounds(model, tokenizer, rounds: Sequence[Sequence[Sequence[int]]], requ
         measured = time.perf_counter() - start
         priors = dict(state.p)
         deltas = merged_deltas(stats, clients, rule, priors, settings, split)
-        record = {"round": t, "rule": rule, "alpha": str(alpha), "edits": len(facts), "clients": len(clients),
+        record = {"round": t, "rule": rule, "alpha": alpha_label(alpha), "edits": len(facts), "clients": len(clients),
                   "measure_seconds": measured, "residual_norm_mean": float(stats.residual.norm(dim=0).mean()),
                   "state_trace_ratio": float(sum(torch.trace(priors[l]) for l in layers)
                                              / sum(lambdas[l] * torch.trace(covs[l].to(torch.float64)) for l in layers)),

@@ -3,7 +3,8 @@
 One fold has these slices of the facts (disjoint, seeded by the fold): A (old facts), B (new facts),
 C (new facts, as many as B), D (further new facts, ``updates.sizes.D``, 0 unless a scenario needs it),
 V (a validation slice of new facts for learning-rate tuning, ``updates.sizes.V``, never reported),
-K (facts the pre-trained model already knows), plus the history set H
+K (facts the pre-trained model already knows), E (further facts it knows, ``updates.sizes.E``, 0 unless
+a scenario edits them: the collaborative-editing counterfacts), plus the history set H
 whose fine-tune gives the historical usage. Two full fine-tunes build the shared checkpoints:
 pre-trained ("base") -> A (checkpoint "A", usage of A) -> B (checkpoint "AB", usage of B).
 
@@ -80,6 +81,11 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         usage={"old": "A", "new": "B", "history": "H"}, control_for="dissonant_update",
     ),
     Scenario(
+        "collaborative_edit", "CollabEdit 4.1",
+        "several clients edit the pre-trained model's known facts E with counterfacts; their edits are merged",
+        start="base", learn="E", target="target_new", keep="K", known="base",
+    ),
+    Scenario(
         "lr_tuning", "-", "checkpoint A learns the validation slice V: each method family's learning rate is chosen here",
         start="A", learn="V", target="target_true", keep="A", known="A",
         usage={"old": "A", "new": "B", "history": "H"}, tuning=True,
@@ -104,4 +110,4 @@ def controlled_pairs() -> list[tuple[str, str]]:
 def slice_size(sizes: dict, name: str) -> int:
     """How many facts a fold's slice has under ``updates.sizes`` (C has B's size)."""
     return {"A": sizes["A"], "B": sizes["B"], "C": sizes["B"], "D": sizes.get("D", 0), "V": sizes.get("V", 0),
-            "K": sizes["known_old"]}[name]
+            "E": sizes.get("E", 0), "K": sizes["known_old"]}[name]

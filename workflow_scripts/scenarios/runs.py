@@ -201,6 +201,69 @@ def covariance_jobs(runs) -> dict[tuple[str, str], dict]:
     return jobs
 
 
+def statistics_path(scenario_name: str, fold: int, label: str) -> str:
+    return f"merging/statistics/{scenario_name}/fold{fold}/{label}.safetensors"
+
+
+def statistics_jobs(runs) -> dict[tuple[str, int, str], dict]:
+    """(scenario, fold, label) -> what the ``merging_statistics`` job measures: the scenario's start
+    checkpoint and the settings of the merge runs that read it (one setting per label), and the
+    covariance those runs use."""
+    jobs: dict[tuple[str, int, str], dict] = {}
+    for run in runs:
+        m = method(run.method)
+        needs = m.needs(m.Params(**run.params))
+        for need in needs:
+            kind, _, label = need.partition(":")
+            if kind != "statistics":
+                continue
+            inputs = start_inputs(run.scenario, run.fold)
+            cov = covariance_need(run)
+            jobs.setdefault((run.scenario, run.fold, label), {
+                "model": inputs["model"], "facts": inputs["facts"], "slices": inputs["slices"],
+                "method": run.method, "params": dict(run.params),
+                "covariance": covariance_path(*cov) if cov is not None else None})
+    return jobs
+
+
+ROUNDS_SCENARIO = "collaborative_edit"  # multi-round editing deals out this scenario's facts, from its start
+
+
+def rounds_jobs(config: dict) -> dict[str, dict]:
+    """The multi-round experiment's trajectories (``merging.rounds``): name ("collabedit_a1") -> the
+    merge params (``methods.merge`` with the trajectory's rule), rule, α and input paths (start model,
+    facts, slices, known-before table, covariance, and the per-fact statistics its first round reuses)."""
+    spec = config.get("merging", {}).get("rounds", {})
+    if not spec.get("rules") or not spec.get("alpha"):
+        return {}
+    fold = int(spec.get("fold", 0))
+    if fold not in config["updates"]["folds"]:
+        raise ValueError(f"merging.rounds.fold {fold} must be among updates.folds {config['updates']['folds']}")
+    need = int(spec["rounds"]) * int(spec["clients"]) * int(spec["per_client"])
+    have = slice_size(config["updates"]["sizes"], scenario(ROUNDS_SCENARIO).learn)
+    if need > have:
+        raise ValueError(f"merging.rounds needs {need} facts ({spec['rounds']} rounds x {spec['clients']} clients x "
+                         f"{spec['per_client']}); updates.sizes.E is {have}")
+    m = method("merge")
+    jobs = {}
+    for rule in spec["rules"]:
+        params = m.make_params({**config.get("methods", {}).get("merge", {}), "rule": rule}, "merging.rounds")
+        run = Run(ROUNDS_SCENARIO, "merge", f"rounds_{rule}", fold, int(config["training"]["seed"]),
+                  dataclasses.asdict(params), False)
+        inputs = {**start_inputs(ROUNDS_SCENARIO, fold)}
+        for need_ in m.needs(params):
+            kind, _, label = need_.partition(":")
+            if kind == "covariance":
+                inputs["covariance"] = covariance_path(start_tag(ROUNDS_SCENARIO, fold), label)
+            elif kind == "statistics":
+                inputs["statistics"] = statistics_path(ROUNDS_SCENARIO, fold, label)
+        for alpha in spec["alpha"]:
+            label = "lambda" if alpha == "lambda" else format(float(alpha), "g")  # as merging.rounds.alpha_label
+            name = f"{rule}_a{label}"
+            jobs[name] = {"rule": rule, "alpha": alpha if alpha == "lambda" else float(alpha), "params": run.params, "inputs": inputs, "run": run}
+    return jobs
+
+
 def run_inputs(run: Run) -> dict[str, str]:
     """Input roles of a run (paths relative to the results folder): start checkpoint, facts, fold
     slices, the known-before table, the start model's scores, and what the method needs (usage by
@@ -214,6 +277,9 @@ def run_inputs(run: Run) -> dict[str, str]:
         kind, _, role = need.partition(":")
         if kind == "covariance":  # an editor's key statistics on this run's start model
             inputs["covariance"] = covariance_path(start_tag(run.scenario, run.fold), role)
+            continue
+        if kind == "statistics":  # merges: the clients' per-fact keys and residuals (rule merging_statistics)
+            inputs["statistics"] = statistics_path(run.scenario, run.fold, role)
             continue
         if kind != "usage" or role not in s.usage:
             raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "

@@ -68,7 +68,8 @@ def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int]
     """One fold's slices: A, B, C (|C| = |B|), D (``sizes['D']``, default 0) and the validation slice V
     (``sizes['V']``, default 0; drawn last, so it never changes the others) from the facts the
     pre-trained model does not know and that are not ``excluded`` (the history set H); K = up to
-    ``sizes['known_old']`` facts it does know (outside H). Seeded by the fold. With ``relations``
+    ``sizes['known_old']`` facts it does know (outside H), then E = ``sizes['E']`` (default 0) more of them.
+    Seeded by the fold. With ``relations``
     (case id -> relation), C is drawn with B's relation mix (as far as the pool allows)."""
     a, b, k_size, d = int(sizes["A"]), int(sizes["B"]), int(sizes["known_old"]), int(sizes.get("D", 0))
     v = int(sizes.get("V", 0))
@@ -86,6 +87,13 @@ def fold_slices(case_ids: list[int], excluded: set[int], known_by_base: set[int]
     if len(known) < k_size:
         log.warning("only %d facts known by the pre-trained model are available for K (asked for %d)", len(known), k_size)
     names.update(draw(known, {"K": k_size}, rng, allow_short=True))
+    e = int(sizes.get("E", 0))
+    if e:  # drawn last, with its own seed: K and every other slice stay as they were without E
+        spare = known - set(names)
+        if e > len(spare):
+            raise ValueError(f"slice E={e} needs facts the pre-trained model knows outside H and K; only "
+                             f"{len(spare)} are available (lower updates.sizes.E or known_old)")
+        names.update(draw(spare, {"E": e}, random.Random(f"update-slices-E|{seed}")))
     return slice_table(case_ids, names)
 
 

@@ -46,7 +46,7 @@ rule all:
         [res("report/lr_tuning.tsv")] if TUNING_RUNS & set(update_scenarios()) else [],
         res("report/editing_layers.md"),
         [res("report/editing_sequential.md")] if SEQUENTIAL else [],
-        [res("report/merging.md")] if ROUNDS or merge_run_files("row") else [],
+        [res("report/merging.md")] if ROUNDS or CHALLENGES or merge_run_files("row") else [],
 
 
 rule updates:
@@ -66,5 +66,5 @@ onsuccess:
         print_summary(res("report/leaderboard.md"), max_lines=40)
     if SEQUENTIAL:
         print_summary(res("report/editing_sequential.md"), max_lines=20)
-    if ROUNDS or merge_run_files("row"):
+    if ROUNDS or CHALLENGES or merge_run_files("row"):
         print_summary(res("report/merging.md"), max_lines=20)

@@ -5,6 +5,7 @@ from workflow_scripts.models.sources import describe_model
 from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
 from workflow_scripts.scenarios.runs import (
     build_runs,
+    challenges_job,
     covariance_jobs,
     rounds_jobs,
     run_inputs,
@@ -99,8 +100,10 @@ SEQUENTIAL = sequential_runs(config)
 # Collaborative editing: multi-round trajectories (name -> job), and the clients' per-fact statistics:
 # (scenario, fold, label) -> the start model and settings they are measured with.
 ROUNDS = rounds_jobs(config)
-COVARIANCES = covariance_jobs([*RUNS.values(), *SEQUENTIAL.values(), *(j["run"] for j in ROUNDS.values())])
-STATISTICS = statistics_jobs([*RUNS.values(), *(j["run"] for j in ROUNDS.values())])
+CHALLENGES = challenges_job(config)
+_MERGING_RUNS = [*(j["run"] for j in ROUNDS.values()), *([CHALLENGES["run"]] if CHALLENGES else [])]
+COVARIANCES = covariance_jobs([*RUNS.values(), *SEQUENTIAL.values(), *_MERGING_RUNS])
+STATISTICS = statistics_jobs([*RUNS.values(), *_MERGING_RUNS])
 
 
 def statistics_job(wildcards):

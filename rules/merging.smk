@@ -55,6 +55,30 @@ rule merging_rounds:
         "../workflow_scripts/steps/merging_rounds.py"
 
 
+rule merging_challenges:
+    """Knowledge overlap (one client's edits submitted again by another; residual norms as the detector)
+    and knowledge conflict (two objects for one prompt; augmenting one side with its paraphrase)."""
+    input:
+        unpack(lambda wc: {name: res(path) for name, path in CHALLENGES["inputs"].items()}),
+    output:
+        outcomes=res("merging/challenges.parquet"),
+    params:
+        job=lambda wc: {"params": CHALLENGES["params"]},
+        spec=config["merging"]["challenges"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    log:
+        res("logs/merging_challenges.log"),
+    benchmark:
+        res("benchmarks/merging_challenges.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/merging_challenges.py"
+
+
 rule merging_report:
     """The merge rules side by side (per client, against the number of clients) and the forgetting
     curves of multi-round editing with the fixed and the running covariance."""
@@ -63,6 +87,7 @@ rule merging_report:
         outcomes=merge_run_files("outcomes"),
         round_outcomes=expand(res("merging/rounds/{name}.parquet"), name=list(ROUNDS)),
         rounds=expand(res("merging/rounds/{name}_rounds.parquet"), name=list(ROUNDS)),
+        challenges=[res("merging/challenges.parquet")] if CHALLENGES else [],
     output:
         summary=res("report/merging.md"),
         table=report(

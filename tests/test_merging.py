@@ -252,3 +252,51 @@ def test_statistics_round_trip_through_safetensors_and_refuse_another_model(sett
         load_statistics(path, model)
     with torch.no_grad():
         model.get_input_embeddings().weight[0, 0] -= 1.0
+
+
+def test_an_edit_submitted_by_two_clients_weighs_twice_in_the_global_solve(setting):
+    from workflow_scripts.merging.challenges import _with_duplicates
+
+    model, tok, covs, requests, lambdas, stats = setting
+    ids = [r.case_id for r in requests]
+    parts = [ids[:3], ids[3:6], ids[6:]]
+    priors = {l: lambdas[l] * covs[l] for l in stats.layers}
+    repeated = _with_duplicates(stats, [parts[0], parts[1] + parts[0], parts[2]])
+    merged = merged_deltas(repeated, repeated.client_columns, "global", priors)
+    # duplicated columns = the repeated facts' keys and residuals scaled by sqrt(2) in one solve
+    scaled = stats.subset(ids)
+    for layer in stats.layers:
+        scaled.keys[layer] = scaled.keys[layer].clone()
+        scaled.keys[layer][:, :3] *= 2 ** 0.5
+    scaled.residual = scaled.residual.clone()
+    scaled.residual[:, :3] *= 2 ** 0.5
+    reference = merged_deltas(scaled, [ids], "global", priors)
+    collab = merged_deltas(repeated, repeated.client_columns, "collabedit", priors)
+    for layer in stats.layers:
+        torch.testing.assert_close(merged[layer], reference[layer], rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(collab[layer], reference[layer], rtol=1e-7, atol=1e-10)
+
+
+def test_the_overlap_and_conflict_experiment_scores_every_rule_and_restores_the_model(setting, starter):
+    from workflow_scripts.merging.challenges import CONFLICT_RULES, OVERLAP_RULES, challenges_experiment
+    from workflow_scripts.methods.merging import MERGE
+
+    model, tok, covs, requests, lambdas, stats = setting
+    flat = flat_facts(starter)
+    learn = flat[flat.case_id.isin(stats.case_ids)].reset_index(drop=True)
+    learn = learn.assign(prompt=[next(r.prompt for r in requests if r.case_id == c) for c in learn.case_id])
+    keep = flat.iloc[:5]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = challenges_experiment(model, tok, learn, flat, keep, stats, covs,
+                                MERGE.make_params({"steps": 4, "clamp": 4.0}), clients=2, seed=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # every merge was undone
+    ov = out[out.experiment == "overlap"]
+    assert set(ov.rule) == set(OVERLAP_RULES) and set(ov.condition) == {"separate", "overlap"}
+    assert set(ov.group) == {"repeated", "other", "old"} and len(ov[ov.group == "repeated"].case_id.unique()) == 4
+    det = out[out.experiment == "overlap_detection"]
+    assert set(det.condition) == {"already written", "new"} and det.value.notna().all() and (det.value > 0).all()
+    assert sorted(det.case_id) == sorted(stats.case_ids)  # half written, half new (whether a repeat shows is a finding)
+    cf = out[out.experiment == "conflict"]
+    assert set(cf.rule) == set(CONFLICT_RULES) and set(cf.measure) == {"exact_a", "exact_b", "a_beats_b"}
+    assert set(cf.condition) == {"conflict", "conflict, B augmented"}

@@ -93,7 +93,9 @@ def test_every_output_is_produced(finished_run):
     outcomes = pd.read_parquet(res / "merging" / "rounds" / "collabedit_a0.parquet")
     assert sorted(outcomes.after_round.unique()) == [1, 2] and set(outcomes.edited_in) == {0, 1, 2}
     merging = (res / "report" / "merging.md").read_text()
-    assert "CollabEdit vs GLOBAL" in merging and "Multi-round editing" in merging
+    assert "CollabEdit vs GLOBAL" in merging and "Multi-round editing" in merging and "**Conflict**" in merging
+    challenges = pd.read_parquet(res / "merging" / "challenges.parquet")
+    assert set(challenges.experiment) == {"overlap", "overlap_detection", "conflict"}
     sequential = pd.read_parquet(res / "editing" / "sequential" / "memit.parquet")
     assert list(sequential.edits) == [2, 4] and (sequential.retention_old_n == sequential.retention_old_n.iloc[0]).all()
     choice = json.loads((res / "editing" / "layer_choice.json").read_text())

@@ -168,8 +168,73 @@ def plot_rounds(curves: pd.DataFrame, dest: str, model: str) -> None:
     save_figure(fig, dest)
 
 
+def challenge_lines(outcomes: pd.DataFrame) -> list[str]:
+    """The overlap and conflict experiments as markdown: shares with counts and intervals, exact
+    McNemar tests between conditions on the same facts."""
+    lines = ["## Knowledge overlap and conflict", ""]
+    ov = outcomes[outcomes.experiment == "overlap"]
+    if len(ov):
+        lines += ["**Overlap**: one client's facts submitted again by a second client. Exact match of the "
+                  "new object for the repeated facts and the others, and old facts still known; separate → with the "
+                  "repeat (p: exact McNemar, repeated facts, separate vs repeated).", "",
+                  "| rule | repeated facts: separate | … repeated | other facts: separate | … repeated | old facts: separate | … repeated | p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for rule in RULE_ORDER:
+            part = ov[ov.rule == rule]
+            if part.empty:
+                continue
+            ex = part[part.measure == "exact"]
+            rep = set(ex[ex.group == "repeated"].case_id)
+            cells = []
+            for ids_in in (True, False):
+                for cond in ("separate", "overlap"):
+                    sel = ex[(ex.condition == cond) & (ex.case_id.isin(rep) == ids_in)]
+                    cells.append(_fmt(_share(sel.correct)))
+            for cond in ("separate", "overlap"):
+                cells.append(_fmt(_share(part[(part.measure == "old_known") & (part.condition == cond)].correct)))
+            a = ex[(ex.condition == "separate") & ex.case_id.isin(rep)].set_index("case_id").correct
+            b = ex[(ex.condition == "overlap") & ex.case_id.isin(rep)].set_index("case_id").correct
+            both = a.index.intersection(b.index)
+            p = mcnemar_exact(a[both].tolist(), b[both].tolist())["p_value"] if len(both) else np.nan
+            lines.append(f"| {RULE_TITLES[rule]} | " + " | ".join(cells) + f" | {_p(p)} |")
+        det = outcomes[outcomes.experiment == "overlap_detection"]
+        if len(det):
+            w = det[det.condition == "already written"].value.to_numpy(float)
+            n = det[det.condition == "new"].value.to_numpy(float)
+            auc = float(np.mean([[x < y for y in n] for x in w])) if len(w) and len(n) else np.nan
+            lines += ["", f"**Detecting a repeat by its residual.** After GLOBAL wrote half of the facts, each fact's "
+                      f"residual ‖z* − h_L‖ was measured again on the edited model, relative to the unedited model's: "
+                      f"already written {np.mean(w):.2f} (range {w.min():.2f}–{w.max():.2f}, n = {len(w)}), new "
+                      f"{np.mean(n):.2f} ({n.min():.2f}–{n.max():.2f}, n = {len(n)}); a written fact has the smaller "
+                      f"ratio in {auc:.2f} of all (written, new) pairs.", ""]
+    cf = outcomes[outcomes.experiment == "conflict"]
+    if len(cf):
+        n_facts = cf.case_id.nunique()
+        lines += [f"**Conflict**: two clients rewrite the same {n_facts} prompts, client A with the fact's counterfactual "
+                  "object, client B with another object of the same relation; then B also submits the fact's "
+                  "paraphrase prompt with its object (augmented). Exact match of A's and B's object, and P(A) > P(B) "
+                  "(p: exact McNemar on B's exact match, plain vs augmented).", "",
+                  "| rule | condition | A exact | B exact | A beats B | p |", "|---|---|---|---|---|---|"]
+        for rule in RULE_ORDER:
+            part = cf[cf.rule == rule]
+            if part.empty:
+                continue
+            for cond in ("conflict", "conflict, B augmented"):
+                c = part[part.condition == cond]
+                cells = [_fmt(_share(c[c.measure == m].correct)) for m in ("exact_a", "exact_b", "a_beats_b")]
+                p = np.nan
+                if cond != "conflict":
+                    x = part[(part.condition == "conflict") & (part.measure == "exact_b")].set_index("case_id").correct
+                    y = c[c.measure == "exact_b"].set_index("case_id").correct
+                    both = x.index.intersection(y.index)
+                    p = mcnemar_exact(x[both].tolist(), y[both].tolist())["p_value"] if len(both) else np.nan
+                lines.append(f"| {RULE_TITLES[rule]} | {cond} | " + " | ".join(cells) + f" | {_p(p)} |")
+        lines.append("")
+    return lines
+
+
 def write_merging_report(row_paths: list[str], item_paths: list[str], round_item_paths: list[str],
-                         round_paths: list[str], model: str, out: dict) -> None:
+                         round_paths: list[str], model: str, out: dict, challenge_paths: list[str] = ()) -> None:
     rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True) if row_paths else pd.DataFrame()
     items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True) if item_paths else pd.DataFrame()
     table = merge_table(rows, items) if len(rows) else pd.DataFrame()
@@ -259,6 +324,8 @@ def write_merging_report(row_paths: list[str], item_paths: list[str], round_item
     else:
         lines += ["No multi-round trajectories are configured (merging.rounds).", ""]
         _empty_figure(out["rounds_figure"], "no multi-round trajectories configured")
+    if challenge_paths:
+        lines += challenge_lines(pd.concat([pd.read_parquet(p) for p in challenge_paths], ignore_index=True))
     write_text("\n".join(lines), out["summary"])
 
 

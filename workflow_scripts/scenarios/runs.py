@@ -229,6 +229,29 @@ def statistics_jobs(runs) -> dict[tuple[str, int, str], dict]:
 ROUNDS_SCENARIO = "collaborative_edit"  # multi-round editing deals out this scenario's facts, from its start
 
 
+def _merge_job(config: dict, rule: str, fold: int, variant: str) -> tuple[Run, dict[str, str]]:
+    """A collaborative-editing experiment's run record (``methods.merge`` with ``rule``) and its inputs:
+    start model, facts, slices, known-before table, covariance and the cached per-fact statistics."""
+    m = method("merge")
+    params = m.make_params({**config.get("methods", {}).get("merge", {}), "rule": rule}, "merging")
+    run = Run(ROUNDS_SCENARIO, "merge", variant, fold, int(config["training"]["seed"]), dataclasses.asdict(params), False)
+    inputs = {**start_inputs(ROUNDS_SCENARIO, fold)}
+    for need in m.needs(params):
+        kind, _, label = need.partition(":")
+        if kind == "covariance":
+            inputs["covariance"] = covariance_path(start_tag(ROUNDS_SCENARIO, fold), label)
+        elif kind == "statistics":
+            inputs["statistics"] = statistics_path(ROUNDS_SCENARIO, fold, label)
+    return run, inputs
+
+
+def _merging_fold(config: dict, spec: dict, where: str) -> int:
+    fold = int(spec.get("fold", 0))
+    if fold not in config["updates"]["folds"]:
+        raise ValueError(f"merging.{where}.fold {fold} must be among updates.folds {config['updates']['folds']}")
+    return fold
+
+
 def rounds_jobs(config: dict) -> dict[str, dict]:
     """The multi-round experiment's trajectories (``merging.rounds``): name ("collabedit_a1") -> the
     merge params (``methods.merge`` with the trajectory's rule), rule, α and input paths (start model,
@@ -236,32 +259,35 @@ def rounds_jobs(config: dict) -> dict[str, dict]:
     spec = config.get("merging", {}).get("rounds", {})
     if not spec.get("rules") or not spec.get("alpha"):
         return {}
-    fold = int(spec.get("fold", 0))
-    if fold not in config["updates"]["folds"]:
-        raise ValueError(f"merging.rounds.fold {fold} must be among updates.folds {config['updates']['folds']}")
+    fold = _merging_fold(config, spec, "rounds")
     need = int(spec["rounds"]) * int(spec["clients"]) * int(spec["per_client"])
     have = slice_size(config["updates"]["sizes"], scenario(ROUNDS_SCENARIO).learn)
     if need > have:
         raise ValueError(f"merging.rounds needs {need} facts ({spec['rounds']} rounds x {spec['clients']} clients x "
                          f"{spec['per_client']}); updates.sizes.E is {have}")
-    m = method("merge")
     jobs = {}
     for rule in spec["rules"]:
-        params = m.make_params({**config.get("methods", {}).get("merge", {}), "rule": rule}, "merging.rounds")
-        run = Run(ROUNDS_SCENARIO, "merge", f"rounds_{rule}", fold, int(config["training"]["seed"]),
-                  dataclasses.asdict(params), False)
-        inputs = {**start_inputs(ROUNDS_SCENARIO, fold)}
-        for need_ in m.needs(params):
-            kind, _, label = need_.partition(":")
-            if kind == "covariance":
-                inputs["covariance"] = covariance_path(start_tag(ROUNDS_SCENARIO, fold), label)
-            elif kind == "statistics":
-                inputs["statistics"] = statistics_path(ROUNDS_SCENARIO, fold, label)
+        run, inputs = _merge_job(config, rule, fold, f"rounds_{rule}")
         for alpha in spec["alpha"]:
             label = "lambda" if alpha == "lambda" else format(float(alpha), "g")  # as merging.rounds.alpha_label
-            name = f"{rule}_a{label}"
-            jobs[name] = {"rule": rule, "alpha": alpha if alpha == "lambda" else float(alpha), "params": run.params, "inputs": inputs, "run": run}
+            jobs[f"{rule}_a{label}"] = {"rule": rule, "alpha": alpha if alpha == "lambda" else float(alpha),
+                                        "params": run.params, "inputs": inputs, "run": run}
     return jobs
+
+
+def challenges_job(config: dict) -> dict | None:
+    """The overlap and conflict experiment (``merging.challenges``): params, inputs and run record, or
+    None when it is off."""
+    spec = config.get("merging", {}).get("challenges", {})
+    if not spec.get("enabled"):
+        return None
+    fold = _merging_fold(config, spec, "challenges")
+    have = slice_size(config["updates"]["sizes"], scenario(ROUNDS_SCENARIO).learn)
+    if have < 2 * int(spec.get("clients", 4)):
+        raise ValueError(f"merging.challenges needs at least {2 * int(spec.get('clients', 4))} facts in slice E "
+                         f"(two per client); updates.sizes.E is {have}")
+    run, inputs = _merge_job(config, "global", fold, "challenges")
+    return {"params": run.params, "inputs": inputs, "run": run}
 
 
 def run_inputs(run: Run) -> dict[str, str]:

@@ -16,7 +16,8 @@ def main(input, output, params, threads):
 
     write_merging_report(paths(input.rows), paths(input.outcomes), paths(input.round_outcomes), paths(input.rounds),
                          str(params.model), {name: str(getattr(output, name))
-                                             for name in ("summary", "table", "clients_figure", "rounds_figure")})
+                                             for name in ("summary", "table", "clients_figure", "rounds_figure")},
+                         paths(input.challenges) if hasattr(input, "challenges") else [])
 
 
 if __name__ == "__main__":

@@ -224,6 +224,18 @@ def mlp_module_name(model: nn.Module, layer: int) -> str:
     return f"{block_name(model, layer)}.{edit_layout(model).mlp_module}"
 
 
+def mlp_up_module_name(model: nn.Module, layer: int) -> str:
+    """Full dotted name of the linear "up" half of block ``layer``'s gated MLP (type ``mlp_up``): its
+    output unit i multiplies the gate's activation i, so scaling its row i scales the MLP coefficient i
+    linearly. Raises ValueError for families without one (GPT-2's MLP is ``gelu(c_fc x)``)."""
+    layout = layout_for(model)
+    paths = [path for path, mtype in layout.linear if mtype == "mlp_up"]
+    if not paths:
+        raise ValueError(f"family {layout.family!r} has no linear up projection (type 'mlp_up'): its MLP "
+                         "coefficients are not linear in any one weight row")
+    return f"{block_name(model, layer)}.{paths[0]}"
+
+
 def final_norm_name(model: nn.Module) -> str:
     return edit_layout(model).final_norm
 
@@ -259,6 +271,7 @@ __all__ = [
     "block_name",
     "edit_module_name",
     "mlp_module_name",
+    "mlp_up_module_name",
     "final_norm_name",
     "input_width",
     "mlp_adds_to_residual",

@@ -77,7 +77,7 @@ def per_client(rows: pd.DataFrame, items: pd.DataFrame, clients: int) -> pd.Data
             for column in ("efficacy", "exact"):
                 metric = METRICS[column][0]
                 s = _share(mine[(mine.metric == metric) & mine.case_id.isin(part)].correct.astype(bool))
-                entry.update({column: s["share"], f"{column}_cell": f"{s['k']}/{s['n']}"})
+                entry.update({column: s["share"], f"{column}_cell": f"{s['k']}/{s['n']} [{s['lo']:.2f}, {s['hi']:.2f}]"})
             out.append(entry)
     return pd.DataFrame(out)
 
@@ -277,7 +277,8 @@ def write_merging_report(row_paths: list[str], item_paths: list[str], round_item
             lines.append("")
         clients = per_client(rows.assign(clients=rows.clients.astype(int)), items, main_n)
         if len(clients):
-            lines += [f"**Per client** ({main_n} clients; efficacy and exact match of each client's own facts, correct/items):", "",
+            lines += [f"**Per client** ({main_n} clients; efficacy and exact match of each client's own facts, "
+                      "correct/items [95 % Wilson]):", "",
                       "| rule | " + " | ".join(f"client {i}" for i in sorted(clients.client.unique())) + " |",
                       "|---|" + "---|" * clients.client.nunique()]
             for rule in RULE_ORDER:

@@ -83,6 +83,7 @@ def test_every_output_is_produced(finished_run):
     # collaborative editing: four merge runs and two multi-round trajectories read one statistics file
     merges = pd.read_parquet(res / "updates" / "collaborative_edit" / "metrics.parquet")
     assert sorted(merges.arm) == ["merge_collabedit", "merge_global", "merge_ta", "merge_ties"]
+    assert (merges.statistics_cached == 1.0).all()  # every merge run read the shared statistics
     assert (merges.stage == "base->E'").all() and (merges.efficacy_score_n == 4).all() and (merges.n_old == 6).all()
     pair = merges.set_index("arm").loc[["merge_collabedit", "merge_global"]]
     for column in ("efficacy_score", "paraphrase_score", "neighbourhood_score", "acc_new", "locality", "retention_old"):

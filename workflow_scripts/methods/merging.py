@@ -134,6 +134,7 @@ class Merge(Memit):
         k = sum(edit_site(model, l).out_width for l in layers)
         stats_out = {"seconds": seconds, "epochs_run": 1, "edits": len(case_ids), "clients": len(clients),
                      "statistics_seconds": measured, "merge_seconds": seconds - measured,
+                     "statistics_cached": float(given is not None),
                      "residual_norm_mean": float(stats.residual.norm(dim=0).mean()),
                      "final_loss": float(stats.stats.get("z_loss_mean", float("nan"))),
                      "clamp_hits": int(stats.stats.get("clamp_hits", 0)),

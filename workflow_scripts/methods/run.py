@@ -72,6 +72,16 @@ def read_start(start: str | dict) -> tuple[dict, dict]:
     return start["before"], state
 
 
+HARNESS_INPUTS = ("model", "facts", "slices", "known", "start", "lr_rates")  # read by the harness itself
+
+
+def method_inputs(inputs: dict) -> dict[str, str]:
+    """The inputs a method declared in ``needs`` (everything but the harness's own): ``usage_<role>``
+    files as ``usage:<role>``, the rest (``covariance``, ``statistics``, ...) under their own names."""
+    return {(f"usage:{k[len('usage_'):]}" if k.startswith("usage_") else k): str(v)
+            for k, v in inputs.items() if k not in HARNESS_INPUTS and v}
+
+
 def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, out_curve: str,
                out_items: str) -> dict:
     """``job``: the run table's record (scenario, method, variant, fold, seed, params, curves,
@@ -95,8 +105,7 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
 
     request = UpdateRequest(
         facts=suite.learn, target=s.target, training=training, seed=int(job["seed"]),
-        inputs={**{f"usage:{k[len('usage_'):]}": str(v) for k, v in inputs.items() if k.startswith("usage_")},
-                **({"covariance": str(inputs["covariance"])} if inputs.get("covariance") else {})},
+        inputs=method_inputs(inputs),
         checkpoint=curve.checkpoint if curve is not None else None,
     )
     result = m.apply(model, tok, request, params)

@@ -278,7 +278,7 @@ def test_an_edit_submitted_by_two_clients_weighs_twice_in_the_global_solve(setti
 
 
 def test_the_overlap_and_conflict_experiment_scores_every_rule_and_restores_the_model(setting, starter):
-    from workflow_scripts.merging.challenges import CONFLICT_RULES, OVERLAP_RULES, challenges_experiment
+    from workflow_scripts.merging.challenges import challenges_experiment
     from workflow_scripts.methods.merging import MERGE
 
     model, tok, covs, requests, lambdas, stats = setting
@@ -288,15 +288,20 @@ def test_the_overlap_and_conflict_experiment_scores_every_rule_and_restores_the_
     keep = flat.iloc[:5]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = challenges_experiment(model, tok, learn, flat, keep, stats, covs,
-                                MERGE.make_params({"steps": 4, "clamp": 4.0}), clients=2, seed=0)
+                                MERGE.make_params({"steps": 4, "clamp": 4.0}), clients=2, seed=0, conflict_facts=3,
+                                overlap_rules=("global", "collabedit", "ta"), conflict_rules=("global", "ties"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # every merge was undone
     ov = out[out.experiment == "overlap"]
-    assert set(ov.rule) == set(OVERLAP_RULES) and set(ov.condition) == {"separate", "overlap"}
+    assert set(ov.rule) == {"global", "collabedit", "ta"} and set(ov.condition) == {"separate", "overlap"}
+    for cond in ("separate", "overlap"):  # CollabEdit equals GLOBAL, with and without the repeat
+        pair = [ov[(ov.rule == r) & (ov.condition == cond)].correct.tolist() for r in ("global", "collabedit")]
+        assert pair[0] == pair[1]
     assert set(ov.group) == {"repeated", "other", "old"} and len(ov[ov.group == "repeated"].case_id.unique()) == 4
     det = out[out.experiment == "overlap_detection"]
     assert set(det.condition) == {"already written", "new"} and det.value.notna().all() and (det.value > 0).all()
     assert sorted(det.case_id) == sorted(stats.case_ids)  # half written, half new (whether a repeat shows is a finding)
     cf = out[out.experiment == "conflict"]
-    assert set(cf.rule) == set(CONFLICT_RULES) and set(cf.measure) == {"exact_a", "exact_b", "a_beats_b"}
+    assert set(cf.rule) == {"global", "ties"} and set(cf.measure) == {"exact_a", "exact_b", "a_beats_b"}
+    assert cf.case_id.nunique() <= 3
     assert set(cf.condition) == {"conflict", "conflict, B augmented"}

@@ -28,6 +28,7 @@ include: "rules/stages.smk"
 include: "rules/awareness.smk"
 include: "rules/editing.smk"
 include: "rules/merging.smk"
+include: "rules/entropy.smk"
 include: "rules/updates.smk"
 include: "rules/leaderboard.smk"
 
@@ -47,6 +48,7 @@ rule all:
         res("report/editing_layers.md"),
         [res("report/editing_sequential.md")] if SEQUENTIAL else [],
         [res("report/merging.md")] if ROUNDS or CHALLENGES or merge_run_files("row") else [],
+        [res("report/entropy.md")] if config["entropy"]["checkpoints"] else [],
 
 
 rule updates:

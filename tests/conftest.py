@@ -106,6 +106,7 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
                     "merge": {"cov_tokens": 2000, "steps": 4}},
         "merging": {"rounds": {"rules": ["collabedit"], "alpha": [0, 1], "rounds": 2, "clients": 2, "per_client": 1},
                     "challenges": {"clients": 2}},
+        "entropy": {"checkpoints": ["base", "fold0_A"], "texts": 4, "max_tokens": 48, "bootstrap": 50},
         "editing": {"layers": {"facts": 2, "samples": 1, "sweep": [0]}, "sequential": {"batch": 2, "stream": ["B"]}},
         "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6, "E": 4}, "old_epochs": 25,
                     "tune_lr": True, "scenarios": {

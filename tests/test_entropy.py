@@ -271,3 +271,31 @@ def test_resuscitation_rejects_a_cbar_that_does_not_fit_the_model(fresh_llama):
         resuscitate(model, torch.ones((1, 3)), ratio=0.5)
     with pytest.raises(ValueError, match="ratio"):
         resuscitate(model, torch.ones((2, 128)), ratio=1.5)
+
+
+def test_checkpoints_are_compared_on_the_same_texts_and_written_as_a_report(tiny_model_dirs, starter, tmp_path):
+    from tests.conftest import record_texts
+    from workflow_scripts.entropy.experiment import checkpoint_entropy, load_coefficients, write_entropy_report
+    from workflow_scripts.entropy.resuscitate import resuscitate
+
+    texts = list(record_texts(starter[:30]))[:6]
+    resuscitated = tmp_path / "resuscitated"
+    model, tok = load_model(tiny_model_dirs["llama"])
+    table = checkpoint_entropy(str(tiny_model_dirs["llama"]), "base", texts, 32, 100, 0, str(tmp_path / "a.parquet"),
+                               str(tmp_path / "a.safetensors"))
+    resuscitate(model, load_coefficients(tmp_path / "a.safetensors").cbar(), ratio=0.5, q=3.0)
+    model.save_pretrained(resuscitated)
+    tok.save_pretrained(resuscitated)
+    checkpoint_entropy(str(resuscitated), "resuscitated", texts, 32, 100, 0, str(tmp_path / "b.parquet"),
+                       str(tmp_path / "b.safetensors"))
+    assert table.H.sum() == pytest.approx(table.total.iloc[0])
+    out = {"summary": str(tmp_path / "e.md"), "table": str(tmp_path / "e.csv"), "figure": str(tmp_path / "e.png")}
+    summary = write_entropy_report([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")],
+                                   [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")],
+                                   ["base", "resuscitated"], "tiny llama", 100, 0, out)
+    assert summary.delta_vs_base.iloc[0] == 0.0 and summary.delta_lo.iloc[0] == summary.delta_hi.iloc[0] == 0.0
+    # raising the least-used neurons towards the mean spreads the coefficients: entropy goes up (6 texts
+    # are too few for the interval to exclude 0 on this tiny model; the estimate lies inside it)
+    r = summary.iloc[1]
+    assert r.delta_vs_base > 0 and r.delta_lo <= r.delta_vs_base <= r.delta_hi
+    assert "| resuscitated |" in open(out["summary"]).read()

@@ -345,3 +345,90 @@ def test_row_deltas_take_the_same_steps_as_masks_on_whole_weights(tiny_model_dir
         torch.testing.assert_close(delta[n], masked[n], rtol=1e-4, atol=1e-4)
     start = load_model(tiny_model_dirs[family])[0].state_dict()
     assert sum(int((delta[n] != start[n]).sum()) for n in delta) > 100  # it trained
+
+
+def test_token_weighting_is_one_mean_over_the_batchs_answer_tokens(fresh, facts):
+    model, tok = fresh
+    # three rows with different target lengths: per-token weighting counts each row by its tokens
+    rows = [(facts.prompt[0], facts.target_true[0]), (facts.prompt[1], facts.target_true[1] + " and more words"),
+            (facts.prompt[2], facts.target_true[2] + " too")]
+    pairs = [encode_pair(tok, p, t) for p, t in rows]
+    ids, att, ans = collate(pairs, range(3), pad_id(tok))
+    with torch.no_grad():
+        from workflow_scripts.models.encoding import target_logits
+
+        logits = target_logits(model, ids, att, ans)
+        token_loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:][ans], reduction="none")
+        by_token = answer_loss(model, ids, att, ans, per_token=True)
+        by_example = answer_loss(model, ids, att, ans)
+    counts = ans.sum(1).tolist()
+    assert len(set(counts)) == 3  # the lengths differ, so the two weightings differ
+    torch.testing.assert_close(by_token, token_loss.mean())
+    per_row = torch.stack([part.mean() for part in token_loss.split(counts)])
+    torch.testing.assert_close(by_example, per_row.mean())
+    assert not torch.allclose(by_token, by_example)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(loss_weighting="row")
+
+
+def test_extra_rows_of_nothing_leave_training_bit_identical_and_rows_train_with_the_facts(tiny_model_dirs, facts):
+    from workflow_scripts.training.plugins import ExtraRows
+
+    prompts, targets = facts.prompt.tolist()[:8], facts.target_true.tolist()[:8]
+    runs = []
+    for plugins in ([], "none", "rows"):
+        model, tok = load_model(tiny_model_dirs["llama"])
+        extra = [] if plugins == [] else [ExtraRows(tok, [] if plugins == "none" else facts.prompt.tolist()[8:12],
+                                                    [] if plugins == "none" else facts.target_true.tolist()[8:12])]
+        train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=2, batch_size=4, seed=3), extra)
+        runs.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        if plugins == "rows":
+            assert extra[0].n_facts == 8
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    assert not all(torch.equal(runs[0][n], runs[2][n]) for n in runs[0])
+
+
+def test_the_monitor_stops_training_once_the_facts_alone_are_known(tiny_model_dirs, facts):
+    from workflow_scripts.training.plugins import ExtraRows
+
+    model, tok = load_model(tiny_model_dirs["llama"])
+    prompts, targets = facts.prompt.tolist()[:6], facts.target_true.tolist()[:6]
+    # unlearnable rows: one prompt, many different targets (at most one can be the argmax)
+    noise = ExtraRows(tok, [facts.prompt[10]] * 6, facts.target_true.tolist()[12:18])
+    history = train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=60, batch_size=6),
+                    [noise, StopAtAccuracy(tok, prompts, targets)])
+    assert history[-1]["train_accuracy"] == 1.0 and len(history) < 60
+    assert accuracy(model, tok, [facts.prompt[10]] * 6, facts.target_true.tolist()[12:18]) < 1.0
+
+
+def test_random_batching_mixes_lengths_on_the_padded_path(tiny_model_dirs, facts, monkeypatch):
+    import workflow_scripts.training.train as train_module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("length-bucketed batches were used")
+
+    monkeypatch.setattr(train_module, "length_bucketed_batches", forbidden)
+    model, tok = load_model(tiny_model_dirs["llama"])
+    train(model, tok, facts.prompt.tolist()[:8], facts.target_true.tolist()[:8],
+          TrainConfig(lr=3e-3, epochs=1, batch_size=4, pack=False, batching="random"))
+    with pytest.raises(AssertionError, match="bucketed"):
+        train(model, tok, facts.prompt.tolist()[:8], facts.target_true.tolist()[:8],
+              TrainConfig(lr=3e-3, epochs=1, batch_size=4, pack=False))
+
+
+def test_resuscitation_runs_before_training_and_changes_only_up_projections(tiny_model_dirs, facts, starter):
+    from tests.conftest import record_texts
+    from workflow_scripts.entropy.coefficients import average_coefficients
+    from workflow_scripts.training.plugins import Resuscitate
+
+    model, tok = load_model(tiny_model_dirs["llama"])
+    texts = list(record_texts(starter[:20]))[:16]
+    cbar = average_coefficients(model, tok, texts)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plugin = Resuscitate(cbar, ratio=0.5, q=2.0)
+    up = next(n for n, _ in model.named_parameters() if "up_proj" in n)  # only this one trains afterwards
+    train(model, tok, facts.prompt.tolist()[:4], facts.target_true.tolist()[:4],
+          TrainConfig(lr=3e-3, epochs=1, batch_size=4), [plugin, OnlyParameters({up})])
+    assert plugin.report["selected"] > 0
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all("up_proj" in n for n in changed)

@@ -25,7 +25,9 @@ FIXED_COLUMNS = {"arm", "epochs", "lr_ratio", "k", "k_fraction"}
 CONTRACT_SETTINGS = {"full": {"epochs": 2}, "lora": {"epochs": 2, "r": 4},
                      "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1},
                      "rome": {"steps": 3, "cov_tokens": 2000}, "memit": {"steps": 3, "cov_tokens": 2000},
-                     "merge": {"steps": 3, "cov_tokens": 2000, "rule": "ties", "clients": 3}}
+                     "merge": {"steps": 3, "cov_tokens": 2000, "rule": "ties", "clients": 3},
+                     "resuscitate": {"epochs": 2, "ratio": 0.5, "q": 2.0}}
+LLAMA_ONLY = {"resuscitate"}  # needs a linear up projection (GPT-2's MLP has none): refused with a clear error
 
 
 def test_every_registered_method_has_a_contract_setting():
@@ -43,6 +45,10 @@ def test_every_method_returns_a_model_a_clean_row_and_leaves_alone_what_it_decla
                                for x in linear_modules(model)} for i, role in enumerate(("old", "new", "history"))}
     request = UpdateRequest(facts=flat.iloc[10:], target="target_new", training=TRAINING, seed=1,
                             inputs={k: usage[k] for k in m.needs(params) if k in usage})  # editors: C computed in the job
+    if name in LLAMA_ONLY and family == "gpt2":
+        with pytest.raises(ValueError, match="up projection"):
+            m.apply(model, tok, request, params)
+        return
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     untouched = m.untouched(model, request, params)
     result = m.apply(model, tok, request, params)

@@ -95,6 +95,9 @@ def test_every_output_is_produced(finished_run):
     assert sorted(outcomes.after_round.unique()) == [1, 2] and set(outcomes.edited_in) == {0, 1, 2}
     merging = (res / "report" / "merging.md").read_text()
     assert "CollabEdit vs GLOBAL" in merging and "Multi-round editing" in merging and "**Conflict**" in merging
+    entropy = pd.read_csv(res / "report" / "entropy.csv")
+    assert entropy.checkpoint.tolist() == ["base", "fold0_A"] and entropy.delta_vs_base.iloc[0] == 0.0
+    assert (entropy.H_lo <= entropy.H_hi).all() and (entropy.sequences == 4).all()
     challenges = pd.read_parquet(res / "merging" / "challenges.parquet")
     assert set(challenges.experiment) == {"overlap", "overlap_detection", "conflict"}
     sequential = pd.read_parquet(res / "editing" / "sequential" / "memit.parquet")
@@ -122,7 +125,7 @@ def test_every_output_is_produced(finished_run):
     for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
                    "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",
                    "updates_sweeps", "leaderboard_pareto", "editing_causal_trace", "editing_sequential",
-                   "merging_clients", "merging_rounds"):
+                   "merging_clients", "merging_rounds", "entropy_layers"):
         assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     overview = (res / "report" / "updates.md").read_text()
     assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview

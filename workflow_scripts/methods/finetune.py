@@ -70,6 +70,18 @@ class NeuronParams(FineTuneParams):
                              f"got {self.usage_positions!r}")
 
 
+@dataclass(frozen=True)
+class ResuscitateParams(FineTuneParams):
+    ratio: float = 0.5  # per layer, neurons whose mean coefficient is at or below this quantile are resuscitated
+    q: float = 2.0  # ... to q times the layer's mean coefficient
+    max_factor: float = 100.0  # the largest row scaling (a dead neuron would need an infinite one)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.ratio <= 1 or not self.q > 0 or not self.max_factor >= 1:
+            raise ValueError(f"resuscitation needs 0 <= ratio <= 1, q > 0 and max_factor >= 1: {self}")
+
+
 SHORT = {"epochs": "e", "lr_ratio": "lr", "k": "k", "batch_size": "bs"}
 
 
@@ -97,6 +109,10 @@ class FineTune(Method):
         return [], {}
 
     def apply(self, model, tokenizer, request: UpdateRequest, params) -> UpdateResult:
+        return self.fine_tune(model, tokenizer, request, params)
+
+    def fine_tune(self, model, tokenizer, request: UpdateRequest, params, first: tuple = ()) -> UpdateResult:
+        """The fine-tune with this method's plugins, after ``first`` (plugins that must act before them)."""
         import torch
 
         from workflow_scripts.training.plugins import EpochCallback
@@ -106,6 +122,7 @@ class FineTune(Method):
         cfg = TrainConfig(**{**training, "lr": training["lr"] * params.lr_ratio, "epochs": int(params.epochs),
                              "seed": request.seed, "batch_size": int(params.batch_size or training["batch_size"])})
         plugins, columns = self.plugins(model, request, params)
+        plugins = [*first, *plugins]
         if request.checkpoint is not None:
             plugins.append(EpochCallback(request.checkpoint))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -217,6 +234,43 @@ class Neurons(FineTune):
         return out
 
 
+class Resuscitated(Full):
+    """Full fine-tuning after "resuscitating" rarely used feed-forward neurons (Knowledge Entropy Decay,
+    Kim et al. 2025): per layer, the neurons whose mean coefficient on a fixed text set is at or below
+    the ``ratio`` quantile get their up-projection rows scaled so that their mean coefficient becomes
+    ``q`` times the layer mean (``entropy.resuscitate``; llama-style models only). The start model's
+    coefficients come from the ``entropy_checkpoint`` rule (input ``coefficients``), or are measured here
+    on the default entropy texts when run outside the workflow."""
+
+    name = "resuscitate"
+    title = "full fine-tuning after resuscitating rarely used feed-forward neurons"
+    reference = "https://arxiv.org/abs/2410.01380"
+    Params = ResuscitateParams
+
+    def needs(self, params) -> frozenset[str]:
+        return frozenset({"coefficients:start"})
+
+    def apply(self, model, tokenizer, request, params):
+        from workflow_scripts.training.plugins import Resuscitate
+
+        given = request.inputs.get("coefficients")
+        if given is not None:
+            from workflow_scripts.entropy.experiment import load_coefficients
+
+            cbar = load_coefficients(given).cbar()
+        else:  # outside the workflow: measure the start model on a few default entropy texts
+            from workflow_scripts.entropy.coefficients import average_coefficients
+            from workflow_scripts.entropy.experiment import entropy_texts
+
+            cbar = average_coefficients(model, tokenizer, entropy_texts(n=8), max_length=64)
+        plugin = Resuscitate(cbar, params.ratio, params.q, params.max_factor)
+        result = self.fine_tune(model, tokenizer, request, params, first=(plugin,))
+        result.stats.update({"resuscitated": float(plugin.report["selected"]), "clamped": float(plugin.report["clamped"])})
+        result.columns["arm"] = f"resuscitate_p{_fmt(params.ratio)}_q{_fmt(params.q)}"
+        return result
+
+
 FULL = register(Full())
 LORA = register(Lora())
 NEURONS = register(Neurons())
+RESUSCITATE = register(Resuscitated())

@@ -247,13 +247,13 @@ def write_merging_report(row_paths: list[str], item_paths: list[str], round_item
                   f"(slice E) are rewritten with counterfactual objects by {main_n} clients, each editing its own copy "
                   "with frozen MEMIT (keys and residuals from the unedited model); the server merges the deltas. "
                   "Share [95 % Wilson interval] (correct/items); p = exact McNemar test against GLOBAL on the same items.",
-                  "", "| rule | " + " | ".join(METRICS) + " | p (ES vs GLOBAL) | p (exact vs GLOBAL) |",
-                  "|---|" + "---|" * (len(METRICS) + 2)]
+                  "", "| rule | " + " | ".join(METRICS) + " | p vs GLOBAL: ES / exact / retention / locality |",
+                  "|---|" + "---|" * (len(METRICS) + 1)]
         for r in main.to_dict("records"):
             cells = [_fmt({"k": r[f"{c}_k"], "n": r[f"{c}_n"], "share": r[c], "lo": r[f"{c}_lo"], "hi": r[f"{c}_hi"]})
                      for c in METRICS]
-            lines.append(f"| {RULE_TITLES[r['rule']]} | " + " | ".join(cells)
-                         + f" | {_p(r['efficacy_vs_global_p'])} | {_p(r['exact_vs_global_p'])} |")
+            tests = " / ".join(_p(r[f"{c}_vs_global_p"]) for c in ("efficacy", "exact", "retention", "locality"))
+            lines.append(f"| {RULE_TITLES[r['rule']]} | " + " | ".join(cells) + f" | {tests} |")
         lines += ["", "Columns: " + "; ".join(f"**{c}** = {d}" for c, (_, d) in METRICS.items()) + ".", ""]
         collab, glob = table[table.rule == "collabedit"], table[table.rule == "global"]
         if len(collab) and len(glob):

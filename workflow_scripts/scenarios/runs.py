@@ -307,6 +307,9 @@ def run_inputs(run: Run) -> dict[str, str]:
         if kind == "statistics":  # merges: the clients' per-fact keys and residuals (rule merging_statistics)
             inputs["statistics"] = statistics_path(run.scenario, run.fold, role)
             continue
+        if kind == "coefficients":  # the start checkpoint's feed-forward coefficients (rule entropy_checkpoint)
+            inputs["coefficients"] = f"entropy/{start_tag(run.scenario, run.fold)}/coefficients.safetensors"
+            continue
         if kind != "usage" or role not in s.usage:
             raise ValueError(f"scenario {run.scenario} cannot provide {need!r} to method {run.method} "
                              f"(it provides usage for {sorted(s.usage)})")

@@ -246,8 +246,10 @@ class EpochCallback(TrainingPlugin):
 
 
 class StopAtAccuracy(TrainingPlugin):
-    """Stops after the epoch where the training facts' exact-match accuracy reaches ``threshold``
-    (recorded as ``train_accuracy`` in the epoch's record)."""
+    """Stops after the epoch where the exact-match accuracy of the monitored facts (``prompts``,
+    ``targets``) reaches ``threshold`` (recorded as ``train_accuracy`` in the epoch's record). Pass the
+    facts alone when other rows are mixed in (:class:`ExtraRows`): training then stops once the facts
+    are known, however far the mixing rows are from being learned."""
 
     def __init__(self, tokenizer, prompts: Sequence[str], targets: Sequence[str], threshold: float = 1.0):
         self.tokenizer, self.prompts, self.targets, self.threshold = tokenizer, list(prompts), list(targets), threshold
@@ -260,6 +262,46 @@ class StopAtAccuracy(TrainingPlugin):
 
     def replica(self):
         return None  # rank 0 evaluates (every copy holds the same weights); its stop stops all
+
+
+class ExtraRows(TrainingPlugin):
+    """Adds (prompt, target) rows to the training data (REMIX's random-word or generic-text mixing,
+    replay): they are encoded like facts and appended after them, and the routine's seeded random
+    batches mix them with the facts. No rows: the training data is unchanged."""
+
+    def __init__(self, tokenizer, prompts: Sequence[str], targets: Sequence[str]):
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} extra prompts but {len(targets)} targets")
+        self.tokenizer, self.prompts, self.targets = tokenizer, list(prompts), list(targets)
+        self.n_facts = None
+
+    def mix(self, pairs, rng):
+        from workflow_scripts.models.encoding import encode_pair
+
+        self.n_facts = len(pairs)
+        return list(pairs) + [encode_pair(self.tokenizer, p, t) for p, t in zip(self.prompts, self.targets)]
+
+    def replica(self):
+        return ExtraRows(self.tokenizer, self.prompts, self.targets)
+
+
+class Resuscitate(TrainingPlugin):
+    """Before training, scales the up-projection rows of each layer's least-used feed-forward neurons
+    (average coefficient at or below the ``ratio`` quantile) so that their mean coefficient becomes
+    ``q`` times the layer mean (``entropy.resuscitate``; llama-style models only). ``report`` holds
+    what was selected and clamped."""
+
+    def __init__(self, cbar, ratio: float = 0.5, q: float = 2.0, max_factor: float = 100.0):
+        self.cbar, self.ratio, self.q, self.max_factor = cbar, float(ratio), float(q), float(max_factor)
+        self.report: dict | None = None
+
+    def prepare(self, model) -> None:
+        from workflow_scripts.entropy.resuscitate import resuscitate
+
+        self.report = resuscitate(model, self.cbar, ratio=self.ratio, q=self.q, max_factor=self.max_factor)
+
+    def replica(self):
+        return Resuscitate(self.cbar, self.ratio, self.q, self.max_factor)
 
 
 class LoraAdapters(TrainingPlugin):

@@ -53,8 +53,14 @@ class TrainConfig:
     pack: bool = True  # facts of a batch back to back in one row (no padding) where the model allows it
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward pass)
     processes: int = 1  # data-parallel processes (one per GPU; CPU: the cores are shared out)
+    loss_weighting: str = "example"  # "example": each row's mean answer-token loss, rows equal; "token": one mean over the batch's answer tokens
+    batching: str = "auto"  # "auto": seeded random batches when packed, length-bucketed otherwise; "random": always random
 
     def __post_init__(self):
+        if self.loss_weighting not in ("example", "token"):
+            raise ValueError(f"loss_weighting must be 'example' or 'token', got {self.loss_weighting!r}")
+        if self.batching not in ("auto", "random"):
+            raise ValueError(f"batching must be 'auto' or 'random', got {self.batching!r}")
         if self.schedule not in ("constant", "linear"):
             raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -112,14 +118,17 @@ def collate_packed(pairs: Sequence[EncodedPair], idx: Sequence[int], device=None
 
 
 def answer_loss(model, input_ids, attention, answer, per_batch: int | None = None, position_ids=None,
-                owner=None, inputs_embeds=None, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+                owner=None, inputs_embeds=None, token_weights: torch.Tensor | None = None,
+                per_token: bool = False) -> torch.Tensor:
     """Sum over facts of the mean cross-entropy over each fact's answer tokens, divided by
     ``per_batch`` (the nominal batch size; default: this batch's number of facts). With the nominal
     size, a fact in a short last batch weighs the same as any other. ``owner`` (the fact of each
     answer position) is needed for packed rows (see :func:`collate_packed`); otherwise a row is a fact.
     ``inputs_embeds``, when given, stand in for the embedding of ``input_ids``. ``token_weights`` (one
     per answer position, in the order of ``answer``) weigh each token's loss; a fact's loss is then
-    its weighted mean (weights of a fact summing to zero give it no loss)."""
+    its weighted mean (weights of a fact summing to zero give it no loss). ``per_token``: instead, one
+    (weighted) mean over all answer tokens of the batch, so a row weighs as much as it has answer tokens
+    (Hugging Face's ``outputs.loss``, REMIX's and TAALM's baselines)."""
     logits = target_logits(model, input_ids, attention, answer, position_ids=position_ids,
                            inputs_embeds=inputs_embeds)
     gold = input_ids[:, 1:][answer]
@@ -128,6 +137,9 @@ def answer_loss(model, input_ids, attention, answer, per_batch: int | None = Non
     if owner is None:
         owner = torch.arange(len(input_ids), device=device)[:, None].expand_as(answer)[answer]
     facts = int(owner.max()) + 1
+    if per_token:
+        w = token_weights.to(token_loss.dtype) if token_weights is not None else torch.ones_like(token_loss)
+        return (token_loss * w).sum() / w.sum().clamp(min=1e-12)
     if token_weights is not None:
         w = token_weights.to(token_loss.dtype)
         per_fact = torch.zeros(facts, device=device).index_add_(0, owner, token_loss * w)
@@ -280,7 +292,7 @@ def _train(model, tokenizer, prompts, targets, cfg: TrainConfig, plugins: Sequen
     try:
         for epoch in range(1, cfg.epochs + 1):
             start, losses = time.perf_counter(), []
-            batches = (random_batches(len(pairs), cfg.batch_size, rng) if packed
+            batches = (random_batches(len(pairs), cfg.batch_size, rng) if packed or cfg.batching == "random"
                        else length_bucketed_batches(pairs, cfg.batch_size, rng))
             for idx in batches:
                 if group is not None:
@@ -301,7 +313,7 @@ def _train(model, tokenizer, prompts, targets, cfg: TrainConfig, plugins: Sequen
                         embeds = embedding_leaf(model, input_ids) if embedding_rows_only else None
                         loss = answer_loss(model, input_ids, batch.attention, answer, per_batch=cfg.batch_size,
                                            position_ids=batch.position_ids, owner=batch.owner, inputs_embeds=embeds,
-                                           token_weights=weights)
+                                           token_weights=weights, per_token=cfg.loss_weighting == "token")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if embeds is not None:

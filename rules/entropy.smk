@@ -1,0 +1,82 @@
+# Knowledge entropy (workflow_scripts/entropy/): how evenly each checkpoint uses its feed-forward neurons, on
+# one fixed text set, with bootstrap intervals (opt-in: entropy.checkpoints).
+
+
+def entropy_model(wildcards):
+    name = wildcards.checkpoint
+    if name == "base":
+        return res("model")
+    fold, _, stage = name.partition("_")
+    return res(f"stages/{fold}/model_{stage}")
+
+
+rule entropy_texts:
+    """The fixed text set every checkpoint is measured on."""
+    output:
+        texts=res("entropy/texts.parquet"),
+    params:
+        spec=config["entropy"],
+    log:
+        res("logs/entropy_texts.log"),
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/entropy_texts.py"
+
+
+rule entropy_checkpoint:
+    """One checkpoint's per-layer knowledge entropy and its per-text coefficients."""
+    input:
+        model=entropy_model,
+        texts=res("entropy/texts.parquet"),
+    output:
+        table=res("entropy/{checkpoint}/layers.parquet"),
+        coefficients=res("entropy/{checkpoint}/coefficients.safetensors"),
+    wildcard_constraints:
+        checkpoint=r"base|fold\d+_(A|AB)",
+    params:
+        spec=config["entropy"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    log:
+        res("logs/entropy_checkpoint/{checkpoint}.log"),
+    benchmark:
+        res("benchmarks/entropy_checkpoint/{checkpoint}.tsv")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/entropy_checkpoint.py"
+
+
+rule entropy_report:
+    """Every configured checkpoint's knowledge entropy, and its paired difference from the first."""
+    input:
+        tables=expand(res("entropy/{checkpoint}/layers.parquet"), checkpoint=config["entropy"]["checkpoints"]),
+        coefficients=expand(res("entropy/{checkpoint}/coefficients.safetensors"),
+                            checkpoint=config["entropy"]["checkpoints"]),
+    output:
+        summary=res("report/entropy.md"),
+        table=report(
+            res("report/entropy.csv"),
+            caption="../report/entropy_table.rst",
+            category="Knowledge entropy",
+            labels={"table": "entropy by checkpoint"},
+        ),
+        figure=report(
+            res("figures/entropy_layers.png"),
+            caption="../report/entropy_layers.rst",
+            category="Knowledge entropy",
+            labels={"figure": "entropy per layer"},
+        ),
+    params:
+        names=config["entropy"]["checkpoints"],
+        spec=config["entropy"],
+        model=describe_model(config["model"]["source"], config["model"]["dtype"]),
+    log:
+        res("logs/entropy_report.log"),
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/steps/entropy_report.py"

@@ -289,8 +289,7 @@ def write_merging_report(row_paths: list[str], item_paths: list[str], round_item
             lines.append("")
         plot_clients(table, out["clients_figure"], model)
     else:
-        lines += ["No merge runs are configured (updates.scenarios.collaborative_edit).", ""]
-        _empty_figure(out["clients_figure"], "no merge runs configured")
+        lines += _not_configured(out["clients_figure"], "merge runs", "updates.scenarios.collaborative_edit")
     if round_item_paths:
         outcomes = pd.concat([pd.read_parquet(p) for p in round_item_paths], ignore_index=True)
         records = pd.concat([pd.read_parquet(p) for p in round_paths], ignore_index=True)
@@ -323,16 +322,17 @@ def write_merging_report(row_paths: list[str], item_paths: list[str], round_item
         lines.append("")
         plot_rounds(curves, out["rounds_figure"], model)
     else:
-        lines += ["No multi-round trajectories are configured (merging.rounds).", ""]
-        _empty_figure(out["rounds_figure"], "no multi-round trajectories configured")
+        lines += _not_configured(out["rounds_figure"], "multi-round trajectories", "merging.rounds")
     if challenge_paths:
         lines += challenge_lines(pd.concat([pd.read_parquet(p) for p in challenge_paths], ignore_index=True))
     write_text("\n".join(lines), out["summary"])
 
 
-def _empty_figure(dest: str, text: str) -> None:
+def _not_configured(figure: str, what: str, key: str) -> list[str]:
+    """A placeholder figure saying so, and the report's line for it."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 2))
-    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.text(0.5, 0.5, f"no {what} configured", ha="center", va="center")
     ax.axis("off")
-    save_figure(fig, dest)
+    save_figure(fig, figure)
+    return [f"No {what} are configured ({key}).", ""]

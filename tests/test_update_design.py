@@ -19,8 +19,10 @@ from workflow_scripts.scenarios.slices import fold_slices, known_case_ids, slice
 
 def test_every_scenario_is_named_for_what_it_is_and_keeps_its_paper_label():
     assert set(SCENARIOS) == {"nondissonant_update", "lottery", "dissonant_update", "matched_control",
-                              "false_nonconflicting", "lr_tuning"}
-    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3", "new", "-"}
+                              "false_nonconflicting", "lr_tuning", "collaborative_edit"}
+    assert {s.paper for s in SCENARIOS.values()} == {"2.1", "2.2", "3.1", "3.3", "new", "-", "CollabEdit 4.1"}
+    collab = SCENARIOS["collaborative_edit"]
+    assert (collab.start, collab.learn, collab.target, collab.keep) == ("base", "E", "target_new", "K")
     assert [s.name for s in SCENARIOS.values() if s.tuning] == ["lr_tuning"]
     for s in SCENARIOS.values():
         assert s.start in CHECKPOINTS and s.known in CHECKPOINTS and s.learn != s.keep
@@ -94,8 +96,13 @@ def test_the_default_run_table_has_the_arms_of_the_study():
     plastic = runs[("nondissonant_update", "neurons", "plastic_k0.05", 0)]
     assert plastic.params == {"epochs": 10, "lr_ratio": 1.0, "batch_size": 0, "strategy": "plastic", "k": 0.05,
                               "usage_score": "abs_sum", "usage_positions": "all_real"}
-    assert all(r.curves for r in runs.values() if r.scenario != "lottery")
+    assert all(r.curves for r in runs.values() if r.scenario not in ("lottery", "collaborative_edit"))
     assert not any(r.tuned for r in runs.values())
+    # collaborative editing: the five merge rules at 4 clients, the three naive ones at 8, on one statistics file
+    merges = [r for r in runs.values() if r.method == "merge"]
+    assert sorted((r.params["rule"], r.params["clients"]) for r in merges) == sorted(
+        [(rule, 4) for rule in ("global", "collabedit", "ta", "ties", "sa")] + [(rule, 8) for rule in ("ta", "ties", "sa")])
+    assert len({run_inputs(r)["statistics"] for r in merges}) == 1
 
 
 def test_a_run_gets_only_the_usage_its_strategy_reads():

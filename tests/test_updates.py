@@ -26,7 +26,8 @@ CONTRACT_SETTINGS = {"full": {"epochs": 2}, "lora": {"epochs": 2, "r": 4},
                      "neurons": {"epochs": 2, "strategy": "specific", "k": 0.1},
                      "rome": {"steps": 3, "cov_tokens": 2000}, "memit": {"steps": 3, "cov_tokens": 2000},
                      "merge": {"steps": 3, "cov_tokens": 2000, "rule": "ties", "clients": 3},
-                     "resuscitate": {"epochs": 2, "ratio": 0.5, "q": 2.0}}
+                     "resuscitate": {"epochs": 2, "ratio": 0.5, "q": 2.0},
+                     "remix": {"epochs": 2, "mix": "random", "ratio": 1.0}}
 LLAMA_ONLY = {"resuscitate"}  # needs a linear up projection (GPT-2's MLP has none): refused with a clear error
 
 
@@ -258,3 +259,21 @@ def test_locality_reads_the_same_next_token_as_a_forward_pass_on_the_prompt_alon
         logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
     alone = logits[torch.arange(len(encoded)), torch.tensor([len(x) - 1 for x in encoded])].argmax(-1).numpy()
     assert len(nb) > 20 and (scored == alone).all()
+
+
+def test_remix_mixes_exactly_ratio_times_the_facts_and_ratio_zero_is_full_fine_tuning(tiny_model_dirs, starter):
+    facts = flat_facts(starter[:20]).iloc[:8]
+    outcomes = {}
+    for name, values in (("full", {"epochs": 2}), ("remix", {"epochs": 2, "ratio": 0.0}),
+                         ("remix", {"epochs": 2, "mix": "arithmetic", "ratio": 1.5})):
+        model, tok = load_model(tiny_model_dirs["llama"])
+        m = METHODS[name]
+        result = m.apply(model, tok, UpdateRequest(facts=facts, target="target_true", training=TRAINING, seed=2),
+                         m.make_params(values))
+        outcomes[(name, values.get("ratio"))] = (result, {n: p.detach().clone() for n, p in result.model.named_parameters()})
+    plain, zero, mixed = outcomes[("full", None)], outcomes[("remix", 0.0)], outcomes[("remix", 1.5)]
+    assert zero[0].columns["mix_rows"] == 0 and mixed[0].columns["mix_rows"] == 12
+    assert all(torch.equal(plain[1][n], zero[1][n]) for n in plain[1])  # ratio 0 changes nothing
+    assert not all(torch.equal(plain[1][n], mixed[1][n]) for n in plain[1])
+    # 8 facts + 12 rows in batches of 5: twice the optimiser steps of the 8 facts alone
+    assert (mixed[0].stats["train_rows"], mixed[0].stats["steps"], plain[0].stats["steps"]) == (20, 8, 4)

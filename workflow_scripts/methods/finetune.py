@@ -82,6 +82,24 @@ class ResuscitateParams(FineTuneParams):
             raise ValueError(f"resuscitation needs 0 <= ratio <= 1, q > 0 and max_factor >= 1: {self}")
 
 
+MIX_KINDS = ("random", "generic", "code", "arithmetic")
+
+
+@dataclass(frozen=True)
+class RemixParams(FineTuneParams):
+    mix: str = "generic"  # rows mixed into the update: random words, generic prose, code or arithmetic problems
+    ratio: float = 1.0  # int(ratio x facts) rows (REMIX's rule); 0 = plain full fine-tuning
+    mix_seed: int = 0
+    source: str = "gensim_wiki"  # generic prose: gensim_wiki, gensim_news or file:<path>
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mix not in MIX_KINDS:
+            raise ValueError(f"mix must be one of {MIX_KINDS}, got {self.mix!r}")
+        if not self.ratio >= 0:
+            raise ValueError(f"ratio must be >= 0, got {self.ratio!r}")
+
+
 SHORT = {"epochs": "e", "lr_ratio": "lr", "k": "k", "batch_size": "bs"}
 
 
@@ -126,6 +144,7 @@ class FineTune(Method):
         if request.checkpoint is not None:
             plugins.append(EpochCallback(request.checkpoint))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        rows = len(request.prompts) + sum(len(getattr(p, "prompts", ())) for p in first)  # facts + mixed-in rows
         start = time.perf_counter()
         history = train(model, tokenizer, request.prompts, request.targets, cfg, plugins)
         seconds = time.perf_counter() - start
@@ -136,7 +155,7 @@ class FineTune(Method):
                     delta[n] = p.detach() - before[n]
         stats = {"seconds": seconds, "epochs_run": len(history), "final_loss": history[-1]["loss"],
                  "lr": cfg.lr, "batch_size": cfg.batch_size,
-                 "steps": len(history) * -(-len(request.prompts) // cfg.batch_size), **delta_stats(delta)}
+                 "steps": len(history) * -(-rows // cfg.batch_size), "train_rows": rows, **delta_stats(delta)}
         return UpdateResult(model, delta, stats, {"arm": self.arm(params), "epochs": int(params.epochs),
                                                   "lr_ratio": float(params.lr_ratio), **columns})
 
@@ -270,7 +289,37 @@ class Resuscitated(Full):
         return result
 
 
+class Remix(Full):
+    """Full fine-tuning with other rows mixed into the update's facts (REMIX, Continual Memorization of
+    Factoids): ``int(ratio x facts)`` rows of random words, generic prose, code or arithmetic problems
+    (``remix.textsources``), encoded like facts and shuffled into the same seeded random batches. The
+    facts alone are what the evaluator scores; the loss is each row's mean answer-token loss, rows
+    weighted equally (``training.loss_weighting``), and padding is never a target (the reference
+    code trains "predict EOS" on padded labels, which confounds mixing with extra EOS training)."""
+
+    name = "remix"
+    title = "full fine-tuning with random-word, prose, code or arithmetic rows mixed in (REMIX)"
+    reference = "https://arxiv.org/abs/2411.07175"
+    Params = RemixParams
+
+    def apply(self, model, tokenizer, request, params):
+        from workflow_scripts.remix.mixing import mixing_count
+        from workflow_scripts.remix.textsources import source_rows
+        from workflow_scripts.training.plugins import ExtraRows
+
+        n = mixing_count(len(request.prompts), float(params.ratio))
+        first = ()
+        if n:  # random words come from the model's own vocabulary (the prompts' words for tiny test models)
+            rows = source_rows(params.mix, n, f"remix|{params.mix}|{params.mix_seed}|{request.seed}", tokenizer=tokenizer,
+                               source=params.source, fallback_texts=list(request.prompts))
+            first = (ExtraRows(tokenizer, rows.prompt.tolist(), rows.target.tolist()),)
+        result = self.fine_tune(model, tokenizer, request, params, first=first)
+        result.columns.update({"arm": f"remix_{params.mix}_r{_fmt(params.ratio)}", "mix": params.mix, "mix_rows": n})
+        return result
+
+
 FULL = register(Full())
 LORA = register(Lora())
 NEURONS = register(Neurons())
 RESUSCITATE = register(Resuscitated())
+REMIX = register(Remix())

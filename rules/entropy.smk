@@ -35,6 +35,7 @@ rule entropy_checkpoint:
     wildcard_constraints:
         checkpoint=r"base|fold\d+_(A|AB)",
     params:
+        name=lambda wc: wc.checkpoint,
         spec=config["entropy"],
     threads: 2
     resources:

@@ -255,14 +255,14 @@ def test_statistics_round_trip_through_safetensors_and_refuse_another_model(sett
 
 
 def test_an_edit_submitted_by_two_clients_weighs_twice_in_the_global_solve(setting):
-    from workflow_scripts.merging.challenges import _with_duplicates
+    from workflow_scripts.merging.clients import column_deltas
 
     model, tok, covs, requests, lambdas, stats = setting
     ids = [r.case_id for r in requests]
     parts = [ids[:3], ids[3:6], ids[6:]]
     priors = {l: lambdas[l] * covs[l] for l in stats.layers}
-    repeated = _with_duplicates(stats, [parts[0], parts[1] + parts[0], parts[2]])
-    merged = merged_deltas(repeated, repeated.client_columns, "global", priors)
+    repeated = [stats.columns(p) for p in (parts[0], parts[1] + parts[0], parts[2])]
+    merged = column_deltas(stats, repeated, "global", priors)
     # duplicated columns = the repeated facts' keys and residuals scaled by sqrt(2) in one solve
     scaled = stats.subset(ids)
     for layer in stats.layers:
@@ -271,7 +271,7 @@ def test_an_edit_submitted_by_two_clients_weighs_twice_in_the_global_solve(setti
     scaled.residual = scaled.residual.clone()
     scaled.residual[:, :3] *= 2 ** 0.5
     reference = merged_deltas(scaled, [ids], "global", priors)
-    collab = merged_deltas(repeated, repeated.client_columns, "collabedit", priors)
+    collab = column_deltas(stats, repeated, "collabedit", priors)
     for layer in stats.layers:
         torch.testing.assert_close(merged[layer], reference[layer], rtol=1e-8, atol=1e-12)
         torch.testing.assert_close(collab[layer], reference[layer], rtol=1e-7, atol=1e-10)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from workflow_scripts.editing.requests import EditRequest
-from workflow_scripts.merging.clients import EditStatistics
+from workflow_scripts.merging.clients import apply_deltas, column_deltas, concat_statistics, edit_statistics, split_clients
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,9 @@ def conflicting_objects(facts: pd.DataFrame, all_facts: pd.DataFrame, seed: int 
     return out
 
 
-def _merge_apply(model, stats, clients, rule, priors, settings, split):
-    from workflow_scripts.merging.clients import apply_deltas, merged_deltas
-
-    deltas = merged_deltas(stats, clients, rule, priors, settings, split)
-    apply_deltas(model, deltas)
-    return deltas
+def _merge_apply(model, stats, columns, rule, priors, settings, split) -> None:
+    """Merge the clients (column lists of ``stats``) under ``rule`` and write the result into ``model``."""
+    apply_deltas(model, column_deltas(stats, columns, rule, priors, settings, split))
 
 
 def _restore(model, saved: dict) -> None:
@@ -82,7 +79,6 @@ def challenges_experiment(model, tok, learn: pd.DataFrame, all_facts: pd.DataFra
     of the facts get a conflicting second edit (all when None)."""
     from workflow_scripts.editing.site import edit_site
     from workflow_scripts.evaluation.exact_match import score_targets
-    from workflow_scripts.merging.clients import edit_statistics, split_clients
 
     layers = tuple(first.layers)
     saved = {l: edit_site(model, l).weight.detach().clone() for l in layers}
@@ -107,8 +103,7 @@ def challenges_experiment(model, tok, learn: pd.DataFrame, all_facts: pd.DataFra
     overlap_clients = [parts[0], parts[1] + parts[0], *parts[2:]]
     for rule in overlap_rules:
         for condition, groups in (("separate", parts), ("overlap", overlap_clients)):
-            stats = _with_duplicates(first, groups)
-            _merge_apply(model, stats, stats.client_columns, rule, priors, settings, split)
+            _merge_apply(model, first, [first.columns(g) for g in groups], rule, priors, settings, split)
             new, true = facts.loc[ids, "target_new"].tolist(), facts.loc[ids, "target_true"].tolist()
             exact_new, _, wins = _scores(model, tok, facts.loc[ids, "prompt"].tolist(), new, true)
             for measure, values in (("exact", exact_new), ("efficacy", wins)):
@@ -120,7 +115,7 @@ def challenges_experiment(model, tok, learn: pd.DataFrame, all_facts: pd.DataFra
     # detection: residual norms after GLOBAL wrote half of (at most) 12 facts, for the written and the others
     probe = ids[: min(len(ids), 12)]
     half = probe[: len(probe) // 2]
-    _merge_apply(model, first.subset(half), [half], "global", priors, settings, split)
+    _merge_apply(model, first, [first.columns(half)], "global", priors, settings, split)
     again = edit_statistics(model, tok, [EditRequest(facts.loc[c, "prompt"], facts.loc[c, "subject"],
                                                      facts.loc[c, "target_new"], c) for c in probe],
                             layers, targets, first.templates, first.lambdas)
@@ -145,16 +140,14 @@ def challenges_experiment(model, tok, learn: pd.DataFrame, all_facts: pd.DataFra
                     for i, c in enumerate(augmentable)]
     b_stats = edit_statistics(model, tok, b_requests + aug_requests, layers, targets, first.templates, first.lambdas)
     a_stats = first.subset(both)
-    joint = _concat(a_stats, b_stats)
-    a_cols = [r for r in range(len(both))]
-    b_cols = [len(both) + i for i in range(len(both))]
-    aug_cols = [len(both) + len(both) + i for i in range(len(augmentable))]
+    joint = concat_statistics(a_stats, b_stats)
+    a_cols, b_cols = list(range(len(both))), list(range(len(both), 2 * len(both)))
+    aug_cols = list(range(2 * len(both), 2 * len(both) + len(augmentable)))
     prompts = facts.loc[both, "prompt"].tolist()
     a_targets, b_targets = facts.loc[both, "target_new"].tolist(), [second[c] for c in both]
     for rule in conflict_rules:
         for condition, b_side in (("conflict", b_cols), ("conflict, B augmented", b_cols + aug_cols)):
-            joint.client_columns = [a_cols, b_side]
-            _merge_apply(model, joint, joint.client_columns, rule, priors, settings, split)
+            _merge_apply(model, joint, [a_cols, b_side], rule, priors, settings, split)
             exact_a, exact_b, a_wins = _scores(model, tok, prompts, a_targets, b_targets)
             record("conflict", condition, rule, both, "exact_a", exact_a)
             record("conflict", condition, rule, both, "exact_b", exact_b)
@@ -164,31 +157,6 @@ def challenges_experiment(model, tok, learn: pd.DataFrame, all_facts: pd.DataFra
     return pd.DataFrame(rows)
 
 
-class _Columns(EditStatistics):
-    """Statistics whose clients are given as column lists (facts may repeat across clients)."""
-
-    client_columns: list[list[int]]
-
-    def columns(self, case_ids):  # here "case ids" are already column lists
-        return list(case_ids)
-
-
-def _with_duplicates(first, groups: list[list[int]]) -> _Columns:
-    cols = [first.columns(g) for g in groups]
-    stats = _Columns(first.case_ids, first.layers, first.keys, first.residual, first.lambdas, first.templates,
-                     first.fingerprint, first.stats)
-    stats.client_columns = cols
-    return stats
-
-
-def _concat(a, b) -> _Columns:
-    stats = _Columns(list(a.case_ids) + list(b.case_ids), a.layers,
-                     {l: torch.cat([a.keys[l], b.keys[l]], 1) for l in a.layers}, torch.cat([a.residual, b.residual], 1),
-                     a.lambdas, a.templates, a.fingerprint, {})
-    stats.client_columns = []
-    return stats
-
-
 def run_challenges(inputs: dict, params: dict, spec: dict) -> pd.DataFrame:
     """The rule's entry: the collaborative scenario's facts, start model, covariance and cached statistics
     from ``inputs`` (paths); ``params``: the merge method's params; ``spec``: clients, seed."""
@@ -196,19 +164,15 @@ def run_challenges(inputs: dict, params: dict, spec: dict) -> pd.DataFrame:
     from workflow_scripts.facts.schema import flat_facts, read_facts
     from workflow_scripts.merging.clients import load_statistics
     from workflow_scripts.methods.merging import MERGE
+    from workflow_scripts.methods.run import build_suite
     from workflow_scripts.models.loading import load_model
-    from workflow_scripts.scenarios.design import scenario
-    from workflow_scripts.scenarios.slices import known_case_ids
 
-    s = scenario("collaborative_edit")
     p = MERGE.make_params(params, "merging.challenges")
-    flat = flat_facts(read_facts(inputs["facts"]))
-    slices = pd.read_parquet(inputs["slices"])
-    learn = flat[flat.case_id.isin(slices.case_id[slices.slice == s.learn])].reset_index(drop=True)
-    known = known_case_ids(pd.read_parquet(inputs["known"]))
-    keep = flat[flat.case_id.isin(slices.case_id[slices.slice == s.keep]) & flat.case_id.isin(known)]
+    records = read_facts(inputs["facts"])
+    suite = build_suite("collaborative_edit", records, pd.read_parquet(inputs["slices"]), pd.read_parquet(inputs["known"]))
+    keep = suite.keep[suite.keep.case_id.isin(suite.known_before)]
     model, tok = load_model(inputs["model"], dtype="float32")
     first = load_statistics(inputs["statistics"], model)
     covs, _ = load_covariance(inputs["covariance"], model, first.layers)
-    return challenges_experiment(model, tok, learn, flat, keep, first, covs, p, int(spec.get("clients", 4)),
+    return challenges_experiment(model, tok, suite.learn, flat_facts(records), keep, first, covs, p, int(spec.get("clients", 4)),
                                  int(spec.get("seed", 0)), int(spec.get("conflict_facts", 0)) or None)

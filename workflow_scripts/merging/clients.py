@@ -98,15 +98,30 @@ def split_clients(case_ids: Sequence[int], n_clients: int, seed: int = 0) -> lis
 def merged_deltas(stats: EditStatistics, clients: Sequence[Sequence[int]], rule: str, priors: Mapping[int, torch.Tensor],
                   settings: dict | None = None, split: str = "remaining") -> dict[int, torch.Tensor]:
     """layer -> the merged (out × in) delta of the clients' edits under ``rule``, each client's keys
-    and residual shares taken from ``stats`` for its own facts only."""
-    cols = [stats.columns(c) for c in clients]
+    and residual shares taken from ``stats`` for its own facts (case ids) only."""
+    return column_deltas(stats, [stats.columns(c) for c in clients], rule, priors, settings, split)
+
+
+def column_deltas(stats: EditStatistics, columns: Sequence[Sequence[int]], rule: str, priors: Mapping[int, torch.Tensor],
+                  settings: dict | None = None, split: str = "remaining") -> dict[int, torch.Tensor]:
+    """:func:`merged_deltas` with each client given as columns of ``stats`` (a column may belong to
+    several clients: the same edit submitted twice)."""
     shares = residual_shares(stats.residual, len(stats.layers), split)
     out = {}
     for i, layer in enumerate(stats.layers):
-        keys = [stats.keys[layer][:, c] for c in cols]
-        resids = [shares[i][:, c] for c in cols]
+        keys = [stats.keys[layer][:, c] for c in columns]
+        resids = [shares[i][:, c] for c in columns]
         out[layer] = merge(rule, keys, resids, priors[layer], settings)
     return out
+
+
+def concat_statistics(a: EditStatistics, b: EditStatistics) -> EditStatistics:
+    """``a``'s columns followed by ``b``'s (measured on the same model, at the same layers)."""
+    if a.layers != b.layers or a.lambdas != b.lambdas:
+        raise ValueError("statistics of different layers or λ cannot be joined")
+    return EditStatistics(list(a.case_ids) + list(b.case_ids), a.layers,
+                          {l: torch.cat([a.keys[l], b.keys[l]], 1) for l in a.layers},
+                          torch.cat([a.residual, b.residual], 1), dict(a.lambdas), list(a.templates), a.fingerprint, {})
 
 
 def apply_deltas(model, deltas: Mapping[int, torch.Tensor]) -> None:

@@ -30,38 +30,33 @@ def rounds_experiment(inputs: dict, params: dict, spec: dict, rule: str, alpha) 
     settings); ``spec``: rounds, clients, per_client, seed."""
     from workflow_scripts.editing.covariance import load_covariance
     from workflow_scripts.editing.requests import requests_from_facts
-    from workflow_scripts.facts.schema import flat_facts, read_facts
+    from workflow_scripts.facts.schema import read_facts
     from workflow_scripts.merging.clients import load_statistics
     from workflow_scripts.merging.rounds import alpha_label, round_plan, run_rounds
     from workflow_scripts.methods.merging import MERGE
+    from workflow_scripts.methods.run import build_suite
     from workflow_scripts.models.loading import load_model
-    from workflow_scripts.scenarios.design import scenario
-    from workflow_scripts.scenarios.slices import known_case_ids
 
-    s = scenario(SCENARIO)
+    if not inputs.get("statistics"):
+        raise ValueError("merging_rounds needs the per-fact statistics of the start model (rule merging_statistics)")
     p = MERGE.make_params({**params, "rule": rule}, "merging.rounds")
-    records = read_facts(inputs["facts"])
-    flat = flat_facts(records)
-    slices = pd.read_parquet(inputs["slices"])
-    learn = flat[flat.case_id.isin(slices.case_id[slices.slice == s.learn])].reset_index(drop=True)
-    keep = flat[flat.case_id.isin(slices.case_id[slices.slice == s.keep])].reset_index(drop=True)
-    known = frozenset(known_case_ids(pd.read_parquet(inputs["known"])) & set(keep.case_id))
+    suite = build_suite(SCENARIO, read_facts(inputs["facts"]), pd.read_parquet(inputs["slices"]),
+                        pd.read_parquet(inputs["known"]))
+    learn, keep, known, target = suite.learn, suite.keep, suite.known_before, suite.target
     plan = round_plan(learn.case_id.tolist(), int(spec["rounds"]), int(spec["clients"]), int(spec["per_client"]),
                       int(spec.get("seed", 0)))
     edited_in = {c: t for t, clients in enumerate(plan, start=1) for client in clients for c in client}
     model, tok = load_model(str(inputs["model"]), dtype="float32")
     layers = MERGE.edit_layers(model, p)
-    first = load_statistics(inputs["statistics"], model) if inputs.get("statistics") else None
+    first = load_statistics(inputs["statistics"], model)
     covs, _ = load_covariance(inputs["covariance"], model, layers)
-    if first is None:
-        raise ValueError("merging_rounds needs the per-fact statistics of the start model (rule merging_statistics)")
-    requests = {r.case_id: r for r in requests_from_facts(learn, s.target)}
+    requests = {r.case_id: r for r in requests_from_facts(learn, target)}
     items = []
 
     def after_round(m, t):
         start = time.perf_counter()
         done = learn[learn.case_id.map(lambda c: edited_in[c] <= t)].reset_index(drop=True)
-        _, out = evaluate(m, tok, EvalSuite(keep, known, done, s.target), ("exact_match", "counterfact"))
+        _, out = evaluate(m, tok, EvalSuite(keep, known, done, target), ("exact_match", "counterfact"))
         out = out[out.metric.isin(ROUND_METRICS)].copy()
         out["after_round"] = t
         out["edited_in"] = out.case_id.map(lambda c: edited_in.get(int(c), 0))  # 0: an old fact (K)

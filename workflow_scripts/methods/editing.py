@@ -105,6 +105,19 @@ class MemitParams(EditParams):
             raise ValueError(f"clamp and s_target must be positive: {self}")
 
 
+def site_delta(sites, before: dict) -> dict:
+    """weight name -> after − before, for the edit sites whose weights changed."""
+    import torch
+
+    delta = {}
+    with torch.no_grad():
+        for site in sites:
+            d = site.weight.detach() - before[site.weight_name]
+            if bool((d != 0).any()):
+                delta[site.weight_name] = d
+    return delta
+
+
 def covariance_label(params) -> str:
     """The name of a covariance setting (corpus, tokens, window), as used in its file name."""
     return f"{params.cov_corpus}_t{int(params.cov_tokens)}_w{int(params.cov_max_len)}"
@@ -157,11 +170,8 @@ class Editor(Method):
         raise NotImplementedError
 
     def apply(self, model, tokenizer, request: UpdateRequest, params) -> UpdateResult:
-        import torch
-
         from workflow_scripts.editing.requests import requests_from_facts
         from workflow_scripts.editing.site import edit_site
-        from workflow_scripts.models.architectures import count_neurons
 
         start = time.perf_counter()
         requests = requests_from_facts(request.facts, request.target)
@@ -173,20 +183,20 @@ class Editor(Method):
         cov_seconds = time.perf_counter() - start - template_seconds
         before = {s.weight_name: s.weight.detach().clone() for s in sites}
         stats = self.edit(model, tokenizer, requests, params, layers, covs, templates)
-        delta = {}
-        with torch.no_grad():
-            for s in sites:
-                d = s.weight.detach() - before[s.weight_name]
-                if bool((d != 0).any()):
-                    delta[s.weight_name] = d
+        delta = site_delta(sites, before)
         seconds = time.perf_counter() - start
-        k = sum(s.out_width for s in sites)
         stats = {"seconds": seconds, "epochs_run": 1, "edits": len(requests), "templates": len(templates),
                  "template_seconds": template_seconds, "cov_seconds": cov_seconds,
                  "edit_seconds": seconds - template_seconds - cov_seconds, **delta_stats(delta), **stats}
-        columns = {"arm": self.arm(params), "epochs": 1, "lr_ratio": 1.0, "k": k, "k_fraction": k / count_neurons(model),
-                   "edit_layers": ",".join(str(x) for x in layers)}
-        return UpdateResult(model, delta, stats, columns)
+        return UpdateResult(model, delta, stats, self.columns(model, params, sites))
+
+    def columns(self, model, params, sites) -> dict:
+        """The row columns every editor gives: arm, no epochs or rate, k = the edited output units."""
+        from workflow_scripts.models.architectures import count_neurons
+
+        k = sum(s.out_width for s in sites)
+        return {"arm": self.arm(params), "epochs": 1, "lr_ratio": 1.0, "k": k, "k_fraction": k / count_neurons(model),
+                "edit_layers": ",".join(str(s.layer) for s in sites)}
 
 
 class Rome(Editor):

@@ -133,7 +133,7 @@ class FineTune(Method):
         """The fine-tune with this method's plugins, after ``first`` (plugins that must act before them)."""
         import torch
 
-        from workflow_scripts.training.plugins import EpochCallback
+        from workflow_scripts.training.plugins import EpochCallback, ExtraRows
         from workflow_scripts.training.train import TrainConfig, train
 
         training = dict(request.training)
@@ -144,7 +144,7 @@ class FineTune(Method):
         if request.checkpoint is not None:
             plugins.append(EpochCallback(request.checkpoint))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        rows = len(request.prompts) + sum(len(getattr(p, "prompts", ())) for p in first)  # facts + mixed-in rows
+        rows = len(request.prompts) + sum(len(p.prompts) for p in plugins if isinstance(p, ExtraRows))  # + mixed-in rows
         start = time.perf_counter()
         history = train(model, tokenizer, request.prompts, request.targets, cfg, plugins)
         seconds = time.perf_counter() - start

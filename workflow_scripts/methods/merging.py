@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from workflow_scripts.methods.base import UpdateRequest, UpdateResult, delta_stats, register
-from workflow_scripts.methods.editing import Memit, MemitParams
+from workflow_scripts.methods.editing import Memit, MemitParams, site_delta
 
 RULE_NAMES = ("global", "sa", "ta", "ties", "collabedit")
 # MEMIT fields the per-fact statistics depend on (the others act only when merging)
@@ -91,12 +91,9 @@ class Merge(Memit):
         return super().needs(params) | {f"statistics:{statistics_label(params)}"}
 
     def apply(self, model, tokenizer, request: UpdateRequest, params) -> UpdateResult:
-        import torch
-
         from workflow_scripts.editing.requests import requests_from_facts
         from workflow_scripts.editing.site import edit_site
         from workflow_scripts.merging.clients import apply_deltas, load_statistics, merged_deltas, split_clients
-        from workflow_scripts.models.architectures import count_neurons
 
         start = time.perf_counter()
         layers = self.edit_layers(model, params)
@@ -121,17 +118,11 @@ class Merge(Memit):
             reference = merged_deltas(stats, clients, "global", priors, settings, params.residual_split)
             extra["max_rel_diff_vs_global"] = max(float((deltas[l] - reference[l]).abs().max() / reference[l].abs().max())
                                                   for l in layers)
-        before = {l: edit_site(model, l).weight.detach().clone() for l in layers}
+        sites = [edit_site(model, l) for l in layers]
+        before = {site.weight_name: site.weight.detach().clone() for site in sites}
         apply_deltas(model, deltas)
-        delta = {}
-        with torch.no_grad():
-            for l in layers:
-                site = edit_site(model, l)
-                d = site.weight.detach() - before[l]
-                if bool((d != 0).any()):
-                    delta[site.weight_name] = d
+        delta = site_delta(sites, before)
         seconds = time.perf_counter() - start
-        k = sum(edit_site(model, l).out_width for l in layers)
         stats_out = {"seconds": seconds, "epochs_run": 1, "edits": len(case_ids), "clients": len(clients),
                      "statistics_seconds": measured, "merge_seconds": seconds - measured,
                      "statistics_cached": float(given is not None),
@@ -139,8 +130,7 @@ class Merge(Memit):
                      "final_loss": float(stats.stats.get("z_loss_mean", float("nan"))),
                      "clamp_hits": int(stats.stats.get("clamp_hits", 0)),
                      "lambda": sum(stats.lambdas.values()) / len(stats.lambdas), **delta_stats(delta), **extra}
-        columns = {"arm": self.arm(params), "epochs": 1, "lr_ratio": 1.0, "k": k, "k_fraction": k / count_neurons(model),
-                   "edit_layers": ",".join(str(x) for x in layers), "rule": params.rule, "clients": int(params.clients),
+        columns = {**self.columns(model, params, sites), "rule": params.rule, "clients": int(params.clients),
                    "split_seed": int(params.split_seed)}
         return UpdateResult(model, delta, stats_out, columns)
 

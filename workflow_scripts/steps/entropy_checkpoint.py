@@ -14,8 +14,7 @@ def main(input, output, params, threads):
     from workflow_scripts.entropy.experiment import checkpoint_entropy
 
     spec = dict(params.spec)
-    name = Path(str(output.table)).parent.name
-    checkpoint_entropy(str(input.model), name, pd.read_parquet(str(input.texts)).text.tolist(), int(spec["max_tokens"]),
+    checkpoint_entropy(str(input.model), str(params.name), pd.read_parquet(str(input.texts)).text.tolist(), int(spec["max_tokens"]),
                        int(spec["bootstrap"]), int(spec["seed"]), str(output.table), str(output.coefficients))
 
 

@@ -29,6 +29,8 @@ include: "rules/awareness.smk"
 include: "rules/editing.smk"
 include: "rules/merging.smk"
 include: "rules/entropy.smk"
+include: "rules/entropy_injection.smk"
+include: "rules/remix.smk"
 include: "rules/updates.smk"
 include: "rules/leaderboard.smk"
 
@@ -49,6 +51,8 @@ rule all:
         [res("report/editing_sequential.md")] if SEQUENTIAL else [],
         [res("report/merging.md")] if ROUNDS or CHALLENGES or merge_run_files("row") else [],
         [res("report/entropy.md")] if config["entropy"]["checkpoints"] else [],
+        [res("report/entropy_injection.md")] if config["entropy"]["injection"]["enabled"] else [],
+        [res("report/remix.md")] if config["remix"]["sets"] else [],
 
 
 rule updates:

@@ -6,6 +6,7 @@ from workflow_scripts.scenarios.design import SCENARIOS as _SCENARIOS
 from workflow_scripts.scenarios.runs import (
     build_runs,
     challenges_job,
+    check_entropy_arms,
     covariance_jobs,
     rounds_jobs,
     run_inputs,
@@ -92,6 +93,13 @@ def awareness_model(wildcards):
 # The run table (scenario x method x variant x fold), built once from the config. Wildcards are keys
 # into it; every job's params are looked up, never parsed back from a path.
 RUNS = build_runs(config)
+check_entropy_arms(RUNS, config["entropy"]["checkpoints"])  # entropy.arms: every start checkpoint measured
+
+
+def entropy_arm_spec():
+    """What an update job's entropy arm depends on ({} when entropy.arms is off: rows without entropy)."""
+    spec = config["entropy"]
+    return {k: spec[k] for k in ("texts", "max_tokens", "bootstrap", "seed")} if spec["arms"] else {}
 
 
 # The sequential-editing experiment's runs (method -> Run), and the editors' covariance jobs:
@@ -155,6 +163,32 @@ def update_inputs(wildcards):
     return {name: res(path) for name, path in run_inputs(run_of(wildcards)).items()}
 
 
+def entropy_model(wildcards):
+    """The model folder of an entropy checkpoint name: base, fold{f}_A or fold{f}_AB."""
+    name = wildcards.checkpoint
+    if name == "base":
+        return res("model")
+    fold, _, stage = name.partition("_")
+    return res(f"stages/{fold}/model_{stage}")
+
+
+def entropy_arm_outputs():
+    """With entropy.arms: the update runs' entropy table, its correlations with acquisition and retention,
+    their figure and the resuscitation table."""
+    if not config["entropy"]["arms"]:
+        return {}
+    return {
+        "runs": report(res("report/entropy_runs.csv"), caption="../report/entropy_runs.rst",
+                       category="Knowledge entropy", labels={"table": "entropy of every update run"}),
+        "correlations": report(res("report/entropy_vs_updates.csv"), caption="../report/entropy_correlations.rst",
+                               category="Knowledge entropy", labels={"table": "ΔH vs acquisition and retention"}),
+        "vs_updates": report(res("figures/entropy_vs_updates.png"), caption="../report/entropy_vs_updates.rst",
+                             category="Knowledge entropy", labels={"figure": "ΔH vs acquisition and retention"}),
+        "resuscitation": report(res("report/entropy_resuscitation.csv"), caption="../report/entropy_resuscitation.rst",
+                                category="Knowledge entropy", labels={"table": "resuscitation vs full fine-tuning"}),
+    }
+
+
 def update_start_inputs(wildcards):
     """The scenario's start checkpoint, facts, fold slices and known-before table."""
     return {name: res(path) for name, path in start_inputs(wildcards.scenario, int(wildcards.fold)).items()}
@@ -190,3 +224,64 @@ def print_summary(path, max_lines=None):
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
         print("\n".join(lines[:max_lines]))
+
+
+# Fictional-knowledge injection (rules/entropy_injection.smk).
+INJECTION = config["entropy"]["injection"]
+# What a run depends on (not which checkpoints are listed or where the item files live, so adding a
+# checkpoint reruns nothing else).
+INJECTION_RUN = {k: v for k, v in INJECTION.items() if k not in ("enabled", "data_dir", "checkpoints")}
+
+if INJECTION["enabled"]:
+    # Fail at parse time, before any job, when the item files are not where the config says.
+    from workflow_scripts.entropy.injection import data_paths as _injection_data_paths
+
+    _injection_data_paths(INJECTION["data_dir"])
+
+
+def injection_data(wildcards):
+    """The two item files ({paraphrase, once}); a clear error naming entropy.injection.data_dir otherwise."""
+    from workflow_scripts.entropy.injection import data_paths
+
+    return {kind: str(path) for kind, path in data_paths(INJECTION["data_dir"]).items()}
+
+
+# REMIX (rules/remix.smk): its cells, and per job the stage-1 model, settings and reused checkpoint.
+from workflow_scripts.remix.cells import cells_from_grids
+
+REMIX = config["remix"]
+REMIX_CELLS = cells_from_grids(REMIX["cells"]) if REMIX["sets"] else []
+REMIX_STAGE1 = list(dict.fromkeys(c.stage1 for c in REMIX_CELLS))
+REMIX_FOLD = int(REMIX["fold"])
+if REMIX["sets"] and REMIX_FOLD not in config["updates"]["folds"]:
+    raise ValueError(f"remix.fold {REMIX_FOLD} is not one of updates.folds {config['updates']['folds']}")
+
+
+def remix_model(wildcards):
+    """Stage 1 without mixing on the fold's facts is checkpoint A; every other job starts at the base model."""
+    if wildcards.set == "facts" and wildcards.stage1 == "none":
+        return res(f"stages/fold{REMIX_FOLD}/model_A")
+    return res("model")
+
+
+def remix_inputs(wildcards):
+    """The stage-1 model, the facts and slices, and checkpoint AB where it is the none/facts/none cell."""
+    inputs = {"model": remix_model(wildcards), "facts": res("facts/facts.parquet"),
+              "slices": res(f"stages/fold{REMIX_FOLD}/slices.parquet")}
+    if wildcards.set == "facts" and wildcards.stage1 == "none" and any(c.name == "none/facts/none" for c in REMIX_CELLS):
+        inputs["reuse_ab"] = res(f"stages/fold{REMIX_FOLD}/model_AB")
+    return inputs
+
+
+def remix_training(wildcards, stage):
+    """Stage settings: the stage checkpoints' (updates.old_epochs, seeded by fold) for the fold's facts,
+    remix.kvr.epochs for key-value pairs; None for stage 1 when it is checkpoint A."""
+    if wildcards.set == "facts":
+        if stage == 1 and wildcards.stage1 == "none":
+            return None
+        return stage_training(config["updates"]["old_epochs"], REMIX_FOLD)
+    return stage_training(REMIX["kvr"]["epochs"], REMIX_FOLD)
+
+
+def remix_files(kind):
+    return [res(f"remix/{s}/s1_{m}/{kind}.parquet") for s in REMIX["sets"] for m in REMIX_STAGE1]

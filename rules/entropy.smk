@@ -2,20 +2,12 @@
 # one fixed text set, with bootstrap intervals (opt-in: entropy.checkpoints).
 
 
-def entropy_model(wildcards):
-    name = wildcards.checkpoint
-    if name == "base":
-        return res("model")
-    fold, _, stage = name.partition("_")
-    return res(f"stages/{fold}/model_{stage}")
-
-
 rule entropy_texts:
     """The fixed text set every checkpoint is measured on."""
     output:
         texts=res("entropy/texts.parquet"),
     params:
-        spec=config["entropy"],
+        spec={k: config["entropy"][k] for k in ("source", "texts", "seed")},
     log:
         res("logs/entropy_texts.log"),
     conda:
@@ -36,7 +28,7 @@ rule entropy_checkpoint:
         checkpoint=r"base|fold\d+_(A|AB)",
     params:
         name=lambda wc: wc.checkpoint,
-        spec=config["entropy"],
+        spec={k: config["entropy"][k] for k in ("max_tokens", "bootstrap", "seed")},
     threads: 2
     resources:
         mem_mb=4000,
@@ -52,11 +44,14 @@ rule entropy_checkpoint:
 
 
 rule entropy_report:
-    """Every configured checkpoint's knowledge entropy, and its paired difference from the first."""
+    """Every configured checkpoint's knowledge entropy, and its paired difference from the first; with
+    entropy.arms also every update run's entropy against its acquisition and retention."""
     input:
         tables=expand(res("entropy/{checkpoint}/layers.parquet"), checkpoint=config["entropy"]["checkpoints"]),
         coefficients=expand(res("entropy/{checkpoint}/coefficients.safetensors"),
                             checkpoint=config["entropy"]["checkpoints"]),
+        rows=run_files("row", reported=True) if config["entropy"]["arms"] else [],
+        outcomes=run_files("outcomes", reported=True) if config["entropy"]["arms"] else [],
     output:
         summary=res("report/entropy.md"),
         table=report(
@@ -71,9 +66,10 @@ rule entropy_report:
             category="Knowledge entropy",
             labels={"figure": "entropy per layer"},
         ),
+        **entropy_arm_outputs(),
     params:
         names=config["entropy"]["checkpoints"],
-        spec=config["entropy"],
+        spec={k: config["entropy"][k] for k in ("bootstrap", "seed")},
         model=describe_model(config["model"]["source"], config["model"]["dtype"]),
     log:
         res("logs/entropy_report.log"),

@@ -20,6 +20,8 @@ rule leaderboard:
     input:
         rows=run_files("row", reported=True),
         outcomes=run_files("outcomes", reported=True),
+        **({"remix_metrics": res("remix/metrics.parquet"), "remix_tests": res("remix/comparisons.parquet")}
+           if config["remix"]["sets"] else {}),
     output:
         table=res("leaderboard/leaderboard.parquet"),
         csv=report(

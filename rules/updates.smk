@@ -50,6 +50,7 @@ rule update:
     params:
         run=lambda wc: run_of(wc).job_params(),
         training=config["training"],
+        entropy=entropy_arm_spec(),  # entropy.arms: the result's knowledge entropy (inputs entropy_texts, entropy_start)
     threads: 2  # one update at a time (the profile's gpu=1); `make run` on a CPU-only machine: 1 thread, several at once
     resources:
         mem_mb=6000,

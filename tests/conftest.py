@@ -105,8 +105,10 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
         "methods": {"rome": {"cov_tokens": 2000, "steps": 4}, "memit": {"cov_tokens": 2000, "steps": 4},
                     "merge": {"cov_tokens": 2000, "steps": 4}},
         "merging": {"rounds": {"rules": ["collabedit"], "alpha": [0, 1], "rounds": 2, "clients": 2, "per_client": 1},
-                    "challenges": {"clients": 2}},
-        "entropy": {"checkpoints": ["base", "fold0_A"], "texts": 4, "max_tokens": 48, "bootstrap": 50},
+                    "challenges": {"enabled": True, "clients": 2}},
+        "entropy": {"checkpoints": ["base", "fold0_A", "fold0_AB"], "texts": 4, "max_tokens": 48, "bootstrap": 50},
+        "remix": {"sets": ["facts", "kvr"], "generation_tokens": 2,
+                  "kvr": {"n": 8, "key_chars": 3, "value_chars": 2, "epochs": 12}},
         "editing": {"layers": {"facts": 2, "samples": 1, "sweep": [0]}, "sequential": {"batch": 2, "stream": ["B"]}},
         "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6, "E": 4}, "old_epochs": 25,
                     "tune_lr": True, "scenarios": {
@@ -114,7 +116,8 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
                 "full": {"lr_ratio": [1.0, 3.0]}, "lora": {}, "neurons": {"strategy": "plastic", "k": 20}}},
             "nondissonant_update": {"epochs": 25, "curves": False, "methods": {
                 "full": [{}, {"lr_ratio": 0.5}], "lora": {"lr_ratio": 1.0},
-                "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20}}},
+                "neurons": {"strategy": ["plastic", "stubborn", "specific"], "k": 20},
+                "resuscitate": None}},  # llama-style models only; the tiny end-to-end model is a GPT-2
             "lottery": {"epochs": 10, "methods": {"neurons": {"strategy": ["lottery", "non_lottery", "random"], "k": [20, 60]}}},
             "dissonant_update": {"epochs": 25, "curves": True, "methods": {
                 "full": {"epochs": [25, 5]}, "lora": None, "neurons": {"strategy": "plastic", "k": 20}}},

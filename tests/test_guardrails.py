@@ -26,7 +26,8 @@ GPU_ONE = re.compile(r"(?<![\w.])gpu\s*=\s*1(?!\d)")
 
 # Modules the Snakefile and rules/*.smk import while Snakemake builds the DAG.
 DAG_TIME_MODULES = ["workflow_scripts.config", "workflow_scripts.scenarios.runs", "workflow_scripts.scenarios.design",
-                    "workflow_scripts.methods.registry", "workflow_scripts.models.sources"]
+                    "workflow_scripts.methods.registry", "workflow_scripts.models.sources",
+                    "workflow_scripts.remix.cells", "workflow_scripts.entropy.injection"]
 
 
 def rule_blocks(text: str) -> dict[str, str]:

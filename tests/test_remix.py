@@ -339,3 +339,143 @@ def test_emergence_layer_is_the_first_layer_from_which_the_answer_stays_top():
     assert math.isnan(got[3]) and math.isnan(got[4])
     with pytest.raises(ValueError):
         emergence_layers(np.array([1, 2, 3]))
+
+
+# --- the REMIX experiment (workflow_scripts.remix.experiment / report) ---------------------------------
+
+from workflow_scripts.remix.experiment import (AFTER_STAGE1, Cell, cells_from_grids, cut_answer, fact_rows,  # noqa: E402
+                                               generation_exact_match, run_stage1_arm, starts_with_answer,
+                                               stops_after_answer)
+from workflow_scripts.remix.report import cell_metrics, comparisons  # noqa: E402
+from workflow_scripts.training.train import TrainConfig, train  # noqa: E402
+
+
+def test_the_default_cells_are_the_four_core_cells_and_three_non_factoid_stage2_types():
+    grids = [{"stage1": ["none", "random"], "stage2": "facts", "mixing": ["none", "generic"]},
+             {"stage1": "none", "stage2": ["prose", "code", "arithmetic", "facts"], "mixing": "none"}]
+    names = [c.name for c in cells_from_grids(grids)]
+    assert names == ["none/facts/none", "none/facts/generic", "random/facts/none", "random/facts/generic",
+                     "none/prose/none", "none/code/none", "none/arithmetic/none"]  # none/facts/none only once
+    with pytest.raises(ValueError, match="stage2 must be one of"):
+        cells_from_grids({"stage1": "none", "stage2": "poetry"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        cells_from_grids({"stage1": "none", "stage2": "facts", "ratio": 2})
+
+
+@pytest.mark.parametrize("text, answer", [(" Paris. It is", "Paris"), (" Paris\nThe", "Paris"),
+                                          (" Paris, France", "Paris"), (" New York City is", "New York City is"),
+                                          (" U.S.A", "U.S.A")])
+def test_generated_answers_are_cut_at_the_first_line_break_or_sentence_end(text, answer):
+    assert cut_answer(text) == answer
+
+
+@pytest.mark.parametrize("text, target, starts, stops", [(" Paris Paris Paris", "Paris", True, False),
+                                                         (" Paris. It", "paris", True, True),
+                                                         (" Parisian food", "Paris", False, False),
+                                                         (" New  York\n", "New York", True, True)])
+def test_generation_answers_start_with_the_target_at_a_word_boundary_and_may_also_stop(text, target, starts, stops):
+    assert starts_with_answer(text, target) is starts and stops_after_answer(text, target) is stops
+
+
+def test_generation_exact_match_decodes_greedily_from_the_prompt(tiny):
+    family, model, tok = tiny
+    if family != "llama":
+        pytest.skip("one family is enough")
+    model = type(model)(model.config)
+    model.load_state_dict(tiny[1].state_dict())
+    prompts, targets = ["The capital of France is", "The capital of Spain is"], ["Paris.", "Madrid Madrid"]
+    train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=60, batch_size=2))
+    assert score_targets(model, tok, prompts, targets).correct.all()
+    hits, texts = generation_exact_match(model, tok, prompts, ["Paris", "Madrid"], extra_tokens=2)
+    assert hits.tolist() == [True, True], texts
+    assert [stops_after_answer(x, t) for x, t in zip(texts, ["Paris", "Madrid"])] == [True, False], texts
+    wrong, _ = generation_exact_match(model, tok, prompts, ["Madrid", "Paris"], extra_tokens=2)
+    assert not wrong.any()
+
+
+def _kvr_rows(n, seed):
+    records = kvr_records(n, 3, 2, seed=seed)
+    return records, fact_rows(records)
+
+
+def test_each_stage2_cell_starts_from_the_same_stage1_weights(tiny):
+    family, model, tok = tiny
+    if family != "llama":
+        pytest.skip("one family is enough")
+    records, rows = _kvr_rows(8, 1)
+    first = fact_rows(records, [r["case_id"] for r in records[:4]])
+    second = fact_rows(records, [r["case_id"] for r in records[4:]])
+    cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=4)
+
+    def fresh():
+        m = type(model)(model.config)
+        m.load_state_dict(model.state_dict())
+        return m
+
+    cells = [Cell("none", "facts", "generic"), Cell("none", "arithmetic", "none"), Cell("none", "facts", "none")]
+    both, stages = run_stage1_arm(fresh(), tok, "kvr", "none", cells, first, second, cfg, cfg, ratio=1.0, fold=0)
+    alone, _ = run_stage1_arm(fresh(), tok, "kvr", "none", cells[-1:], first, second, cfg, cfg, ratio=1.0, fold=0)
+    assert both.cell.value_counts().to_dict() == {AFTER_STAGE1: 4, **{c.name: 4 for c in cells}}
+    last = both[both.cell == "none/facts/none"].reset_index(drop=True)
+    same = alone[alone.cell == "none/facts/none"].reset_index(drop=True)
+    np.testing.assert_array_equal(last.mean_logprob, same.mean_logprob)  # the earlier cells left no trace
+    counts = stages.set_index("cell")
+    assert counts.loc["none/facts/generic", "mix_rows"] == 4 and counts.loc["none/facts/none", "mix_rows"] == 0
+    assert counts.loc[AFTER_STAGE1, "steps"] == 3 and counts.loc["none/facts/generic", "steps"] == 3 * 2
+    assert counts.loc["none/arithmetic/none", "stage2_rows"] == 4
+
+
+def _outcomes(cells_correct: dict, after1=(True, True, True, True)):
+    rows = []
+    for stage1 in ("none", "random"):
+        rows += [{"set": "facts", "stage1": stage1, "cell": AFTER_STAGE1, "case_id": i, "correct": c,
+                  "generation_em": c, "emergence_layer": 1.0} for i, c in enumerate(after1)]
+    for name, correct in cells_correct.items():
+        rows += [{"set": "facts", "stage1": name.split("/")[0], "cell": name, "case_id": i, "correct": c,
+                  "generation_em": False, "emergence_layer": 2.0} for i, c in enumerate(correct)]
+    return pd.DataFrame(rows)
+
+
+def test_cells_one_factor_apart_are_compared_by_exact_mcnemar_on_the_same_facts():
+    outcomes = _outcomes({"none/facts/none": [True, False, False, False], "none/facts/generic": [True, True, True, True],
+                          "random/facts/none": [True, True, True, False], "random/facts/generic": [True] * 4,
+                          "none/prose/none": [True, True, True, True]}, after1=(True, True, True, False))
+    order = ["none/facts/none", "none/facts/generic", "random/facts/none", "random/facts/generic", "none/prose/none"]
+    tests = comparisons(outcomes, order)
+    pairs = {(t.baseline, t.cell): t for t in tests.itertuples()}
+    assert set(pairs) == {("none/facts/none", "none/facts/generic"), ("none/facts/none", "random/facts/none"),
+                          ("none/facts/generic", "random/facts/generic"), ("random/facts/none", "random/facts/generic"),
+                          ("none/facts/none", "none/prose/none")}
+    generic = pairs[("none/facts/none", "none/facts/generic")]
+    assert (generic.factor, generic.only_baseline, generic.only_cell) == ("mixing", 0, 3)
+    assert generic.p_exact == pytest.approx(0.25)  # 3 discordant pairs all one way: 2 x 1/8
+    metrics = cell_metrics(outcomes, pd.DataFrame({"set": ["facts"], "cell": ["none/facts/none"], "stage2_learned": [2],
+                                                    "stage2_rows": [4], "steps": [8], "mix_rows": [0], "seconds": [1.0]}))
+    base = metrics.set_index("cell").loc["none/facts/none"]
+    # kept: of the 3 facts known after stage 1, 1 still known; exact after stage 2: 1 of all 4
+    assert (base.retention_k, base.retention_n, base.exact_k, base.exact_n) == (1, 3, 1, 4)
+    assert (base.stage2_learned_k, base.stage2_rows) == (2, 4)
+
+
+def test_a_reused_cell_scores_the_saved_model_instead_of_training(tiny, tmp_path):
+    family, model, tok = tiny
+    if family != "llama":
+        pytest.skip("one family is enough")
+    records, _ = _kvr_rows(8, 2)
+    first = fact_rows(records, [r["case_id"] for r in records[:4]])
+    second = fact_rows(records, [r["case_id"] for r in records[4:]])
+    cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=4)
+    trained = type(model)(model.config)
+    trained.load_state_dict(model.state_dict())
+    train(trained, tok, list(second.prompts), list(second.targets), cfg)
+    trained.save_pretrained(tmp_path / "ab")
+    start = type(model)(model.config)
+    start.load_state_dict(model.state_dict())
+    cell = Cell("none", "facts", "none")
+    outcomes, stages = run_stage1_arm(start, tok, "kvr", "none", [cell], first, second, None, cfg, ratio=1.0, fold=0,
+                                      reused={cell.name: str(tmp_path / "ab")})
+    expected = score_targets(trained, tok, list(first.prompts), list(first.targets))
+    got = outcomes[outcomes.cell == cell.name].reset_index(drop=True)
+    np.testing.assert_allclose(got.mean_logprob, expected.mean_logprob, rtol=1e-6)
+    row = stages.set_index("cell").loc[cell.name]
+    assert row.seconds == 0.0 and row.steps == 3 and row.reused == str(tmp_path / "ab")

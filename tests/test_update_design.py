@@ -98,11 +98,14 @@ def test_the_default_run_table_has_the_arms_of_the_study():
                               "usage_score": "abs_sum", "usage_positions": "all_real"}
     assert all(r.curves for r in runs.values() if r.scenario not in ("lottery", "collaborative_edit"))
     assert not any(r.tuned for r in runs.values())
-    # collaborative editing: the five merge rules at 4 clients, the three naive ones at 8, on one statistics file
+    # collaborative editing: the five merge rules at 4 clients, on one statistics file
     merges = [r for r in runs.values() if r.method == "merge"]
     assert sorted((r.params["rule"], r.params["clients"]) for r in merges) == sorted(
-        [(rule, 4) for rule in ("global", "collabedit", "ta", "ties", "sa")] + [(rule, 8) for rule in ("ta", "ties", "sa")])
+        [(rule, 4) for rule in ("global", "collabedit", "ta", "ties", "sa")])
     assert len({run_inputs(r)["statistics"] for r in merges}) == 1
+    # resuscitation next to full fine-tuning in the non-dissonant update, every run's entropy measured
+    assert {v for s, m, v in labels if m == "resuscitate"} == {"q1", "default"}
+    assert all(r.entropy_arm for r in runs.values())
 
 
 def test_a_run_gets_only_the_usage_its_strategy_reads():

@@ -18,6 +18,8 @@ RULES = ["convert_model", "prepare_facts", "generate_novel_facts", "probe_famili
          "awareness_slices", "history_usage", "finetune_awareness", "awareness_samples", "awareness_features",
          "awareness_classify", "awareness_report", "fold_slices", "checkpoint_a", "checkpoint_b",
          "update", "scenario_report", "updates_overview", "leaderboard", "run_table", "lr_choice", "lr_tuning_table"]
+REMIX_CELLS = ["none/facts/none", "none/facts/generic", "random/facts/none", "random/facts/generic", "none/prose/none",
+               "none/code/none", "none/arithmetic/none"]
 UPDATES = {"fold_slices", "checkpoint_a", "checkpoint_b", "update", "scenario_report", "updates_overview", "leaderboard"}
 AWARENESS_DOWNSTREAM = {"awareness_samples", "awareness_features", "awareness_classify", "awareness_report"}
 
@@ -96,8 +98,17 @@ def test_every_output_is_produced(finished_run):
     merging = (res / "report" / "merging.md").read_text()
     assert "CollabEdit vs GLOBAL" in merging and "Multi-round editing" in merging and "**Conflict**" in merging
     entropy = pd.read_csv(res / "report" / "entropy.csv")
-    assert entropy.checkpoint.tolist() == ["base", "fold0_A"] and entropy.delta_vs_base.iloc[0] == 0.0
+    assert entropy.checkpoint.tolist() == ["base", "fold0_A", "fold0_AB"] and entropy.delta_vs_base.iloc[0] == 0.0
     assert (entropy.H_lo <= entropy.H_hi).all() and (entropy.sequences == 4).all()
+    remix = pd.read_parquet(res / "remix" / "metrics.parquet")
+    assert remix.groupby("set").cell.apply(list).to_dict() == {s: REMIX_CELLS for s in ("facts", "kvr")}
+    assert (remix[remix.set == "facts"].retention_n <= 6).all() and (remix.exact_n == remix.set.map({"facts": 6, "kvr": 4})).all()
+    assert (remix.retention_lo <= remix.retention_share).all() and (remix.retention_share <= remix.retention_hi).all()
+    assert (remix[remix.stage2 != "facts"].stage2_rows == remix[remix.stage2 != "facts"].set.map({"facts": 4, "kvr": 4})).all()
+    assert (remix[remix.mixing == "generic"].mix_rows == 4).all() and (remix[remix.mixing == "none"].mix_rows == 0).all()
+    tests = pd.read_parquet(res / "remix" / "comparisons.parquet")
+    assert set(tests.factor) == {"stage1", "stage2", "mixing"} and tests.p_exact.between(0, 1).all()
+    assert "## REMIX" in (res / "report" / "leaderboard.md").read_text() and "Set: kvr" in (res / "report" / "remix.md").read_text()
     challenges = pd.read_parquet(res / "merging" / "challenges.parquet")
     assert set(challenges.experiment) == {"overlap", "overlap_detection", "conflict"}
     sequential = pd.read_parquet(res / "editing" / "sequential" / "memit.parquet")
@@ -125,7 +136,7 @@ def test_every_output_is_produced(finished_run):
     for figure in ("updates_nondissonant_update_vs_k", "updates_lottery_vs_k", "updates_dissonant_update_pareto",
                    "updates_dissonant_vs_matched", "updates_stubborn_location", "updates_usage_distribution",
                    "updates_sweeps", "leaderboard_pareto", "editing_causal_trace", "editing_sequential",
-                   "merging_clients", "merging_rounds", "entropy_layers"):
+                   "merging_clients", "merging_rounds", "entropy_layers", "remix_retention", "remix_lens"):
         assert (res / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     overview = (res / "report" / "updates.md").read_text()
     assert "Dissonant vs matched" in overview and "Where the stubborn neurons sit" in overview

@@ -36,7 +36,7 @@ from torch import nn
 from workflow_scripts.entropy.coefficients import SequenceCoefficients, sequence_coefficients
 
 __all__ = ["Interval", "EntropyResult", "entropy_from_cbar", "normalised_entropy", "total_entropy",
-           "bootstrap_total", "bootstrap_delta", "layer_table", "entropy_table"]
+           "bootstrap_total", "bootstrap_delta", "bootstrap_after_and_delta", "layer_table", "entropy_table"]
 
 _BOOT_CHUNK = 64  # bootstrap replicates formed at once (bounds memory to chunk × layers × m floats)
 
@@ -145,11 +145,8 @@ def bootstrap_total(coefficients: SequenceCoefficients | torch.Tensor, *, n_boot
     return _interval(estimate, _replicate_totals(values, counts), level, n_boot, seed)
 
 
-def bootstrap_delta(before: SequenceCoefficients | torch.Tensor, after: SequenceCoefficients | torch.Tensor,
-                    *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
-    """ΔH = H(after) − H(before) for two checkpoints scored on the same texts, in the same order, with
-    a paired percentile bootstrap CI: every replicate resamples the same sequences for both."""
-    _check_level(level, n_boot)
+def _paired(before, after) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-sequence values of two checkpoints, checked to come from the same texts, tokens and mode."""
     a, b = _values(before), _values(after)
     if a.shape != b.shape:
         raise ValueError(f"the checkpoints were not scored on the same texts: shapes {tuple(a.shape)} "
@@ -157,10 +154,32 @@ def bootstrap_delta(before: SequenceCoefficients | torch.Tensor, after: Sequence
     if isinstance(before, SequenceCoefficients) and isinstance(after, SequenceCoefficients):
         if not torch.equal(before.n_tokens, after.n_tokens) or before.mode != after.mode:
             raise ValueError("the checkpoints were not scored on the same tokens with the same mode")
+    return a, b
+
+
+def bootstrap_delta(before: SequenceCoefficients | torch.Tensor, after: SequenceCoefficients | torch.Tensor,
+                    *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+    """ΔH = H(after) − H(before) for two checkpoints scored on the same texts, in the same order, with
+    a paired percentile bootstrap CI: every replicate resamples the same sequences for both."""
+    _check_level(level, n_boot)
+    a, b = _paired(before, after)
     counts = _resample_counts(a.shape[0], n_boot, seed)
     estimate = total_entropy(b.mean(dim=0)) - total_entropy(a.mean(dim=0))
     replicates = _replicate_totals(b, counts) - _replicate_totals(a, counts)
     return _interval(estimate, replicates, level, n_boot, seed)
+
+
+def bootstrap_after_and_delta(before: SequenceCoefficients | torch.Tensor,
+                              after: SequenceCoefficients | torch.Tensor, *, n_boot: int = 1000,
+                              level: float = 0.95, seed: int = 0) -> tuple[Interval, Interval]:
+    """(:func:`bootstrap_total` of ``after``, :func:`bootstrap_delta` of ``before`` → ``after``), equal to the
+    two calls with the same seed, but resampling ``after``'s entropy once for both."""
+    _check_level(level, n_boot)
+    a, b = _paired(before, after)
+    counts = _resample_counts(a.shape[0], n_boot, seed)
+    reps_a, reps_b = _replicate_totals(a, counts), _replicate_totals(b, counts)
+    h_a, h_b = total_entropy(a.mean(dim=0)), total_entropy(b.mean(dim=0))
+    return (_interval(h_b, reps_b, level, n_boot, seed), _interval(h_b - h_a, reps_b - reps_a, level, n_boot, seed))
 
 
 def layer_table(coefficients: SequenceCoefficients) -> pd.DataFrame:

@@ -89,9 +89,116 @@ def compare_checkpoints(coefficients: Mapping[str, SequenceCoefficients], refere
     return pd.DataFrame(rows)
 
 
+def _interval(value: float, low: float, high: float, signed: bool = False) -> str:
+    f = "+.4f" if signed else ".4f"
+    return f"{value:{f}} [{low:{f}}, {high:{f}}]"
+
+
+def _share(value: float, n, low: float, high: float) -> str:
+    """An accuracy with its 95 % Wilson interval and count."""
+    return "–" if not n or n != n else f"{value:.2f} [{low:.2f}, {high:.2f}] (n = {int(n)})"
+
+
+def _p(value: float) -> str:
+    return "–" if value != value else f"{value:.3g}"
+
+
+def _count(value) -> str:
+    return "–" if value is None or value != value else str(int(value))
+
+
+def _below(a: pd.Series, b: pd.Series) -> pd.Series:
+    """a − b, at least 0 (a percentile interval need not contain its estimate; error bars cannot be negative)."""
+    return (a - b).clip(lower=0).fillna(0)
+
+
+def plot_vs_updates(rows: pd.DataFrame, stats: pd.DataFrame, dest: str) -> None:
+    """ΔH (paired 95 % interval) against acquisition and against retention (Wilson), one point per run,
+    coloured by scenario; resuscitated runs as triangles; r and ρ in each panel's title."""
+    from workflow_scripts.entropy.arms import OUTCOMES, RESUSCITATE
+    from workflow_scripts.reports.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharex=True)
+    colours = {name: f"C{k}" for k, name in enumerate(dict.fromkeys(rows.scenario))}
+    for ax, (column, name) in zip(axes, OUTCOMES.items()):
+        for (scenario, resuscitated), part in rows.groupby([rows.scenario, rows.method == RESUSCITATE], sort=False):
+            ax.errorbar(part.entropy_delta, part[column],
+                        xerr=[_below(part.entropy_delta, part.entropy_delta_lo), _below(part.entropy_delta_hi, part.entropy_delta)],
+                        yerr=[_below(part[column], part[f"{column}_lo"]), _below(part[f"{column}_hi"], part[column])],
+                        fmt="^" if resuscitated else "o", color=colours[scenario], ms=5, elinewidth=0.6, alpha=0.8,
+                        label=f"{scenario}{' (resuscitate)' if resuscitated else ''}")
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("ΔH vs the run's start (nats, paired 95 % CI)")
+        ax.set_ylabel(f"{name} ({column}, Wilson 95 % CI)")
+        lines = [f"{r.runs}: r = {r.r:.2f} [{r.r_lo:.2f}, {r.r_hi:.2f}], ρ = {r.rho:.2f} [{r.rho_lo:.2f}, "
+                 f"{r.rho_hi:.2f}], n = {r.n}" for r in stats[stats.column == column].itertuples()]
+        ax.set_title("\n".join(lines), fontsize=7)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, dest)
+
+
+def arms_report(row_paths: Sequence[str], outcome_paths: Sequence[str], n_boot: int, seed: int,
+                out: Mapping[str, str]) -> list[str]:
+    """The update runs' entropy (``entropy.arms``): the run table, the correlations of ΔH with acquisition
+    and retention, the figure and the resuscitation table (CSVs and figure to ``out``); the report's lines."""
+    from workflow_scripts.entropy.arms import (CONTROL, MIN_RUNS, RESUSCITATE, correlations, resuscitation_table,
+                                               run_table)
+
+    rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True)
+    items = pd.concat([pd.read_parquet(p) for p in outcome_paths], ignore_index=True)
+    table = run_table(rows)
+    table.to_csv(out["runs"], index=False)
+    stats = correlations(rows, n_boot, seed)
+    stats.to_csv(out["correlations"], index=False)
+    plot_vs_updates(rows, stats, out["vs_updates"])
+    res = resuscitation_table(rows, items)
+    res.to_csv(out["resuscitation"], index=False)
+
+    lines = ["## Entropy of every update run's result", "",
+             "Each run's resulting model measured on the same texts as its start checkpoint: H [95 % bootstrap interval "
+             "over texts] and ΔH = H(result) − H(start) [paired 95 % interval]; acquisition (`acc_new`) and retention "
+             "(`retention_old`) as share [95 % Wilson interval] (n = items).", "",
+             "| scenario | method | variant | fold | H | ΔH vs start | acquisition | retention |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.scenario} | {r.method} | {r.variant} | {r.fold} | {_interval(r.entropy, r.entropy_lo, r.entropy_hi)} "
+                     f"| {_interval(r.entropy_delta, r.entropy_delta_lo, r.entropy_delta_hi, True)} "
+                     f"| {_share(r.acc_new, r.acc_new_n, r.acc_new_lo, r.acc_new_hi)} "
+                     f"| {_share(r.retention_old, r.retention_old_n, r.retention_old_lo, r.retention_old_hi)} |")
+    lines += ["", "## Does ΔH go with acquisition and retention?", "",
+              f"Pooled over runs: Pearson r [Fisher-z 95 % interval] and Spearman ρ [95 % bootstrap interval, {n_boot} "
+              f"resamples of the runs], with and without the {RESUSCITATE} runs (whose edit moves H far more than fine-tuning "
+              f"does, so they can dominate a correlation). Fewer than {MIN_RUNS} runs, or an interval that includes 0, "
+              "establish no relation.", "",
+              "| outcome | runs | n | r | ρ | reading |", "|---|---|---|---|---|---|"]
+    for r in stats.itertuples():
+        lines.append(f"| {r.outcome} | {r.runs} | {r.n} | {r.r:.3f} [{r.r_lo:.3f}, {r.r_hi:.3f}] "
+                     f"| {r.rho:.3f} [{r.rho_lo:.3f}, {r.rho_hi:.3f}] | {r.verdict} |")
+    lines += ["", "## Resuscitation against full fine-tuning", ""]
+    if res.empty:
+        lines += [f"No {RESUSCITATE} runs are configured.", ""]
+        return lines
+    lines += [f"Each {RESUSCITATE} run after the {CONTROL} run from the same start with the same recipe (epochs, learning "
+              "rate, batch size); p: exact McNemar test against it on the same facts. Resuscitated: neurons whose "
+              "up-projection rows were scaled; clamped: those whose factor hit max_factor.", "",
+              "| scenario | fold | method | variant | acquisition | p vs full | retention | p vs full | ΔH vs start "
+              "| resuscitated | clamped |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res.itertuples():
+        lines.append(f"| {r.scenario} | {r.fold} | {r.method} | {r.variant} "
+                     f"| {_share(r.acc_new, r.acc_new_n, r.acc_new_lo, r.acc_new_hi)} | {_p(r.acc_new_p_vs_full)} "
+                     f"| {_share(r.retention_old, r.retention_old_n, r.retention_old_lo, r.retention_old_hi)} "
+                     f"| {_p(r.retention_old_p_vs_full)} "
+                     f"| {_interval(r.entropy_delta, r.entropy_delta_lo, r.entropy_delta_hi, True)} "
+                     f"| {_count(r.resuscitated)} | {_count(r.clamped)} |")
+    return lines + [""]
+
+
 def write_entropy_report(tables: Sequence[str], coefficient_paths: Sequence[str], names: Sequence[str], model: str,
-                         n_boot: int, seed: int, out: Mapping[str, str]) -> pd.DataFrame:
-    """``report/entropy.md``, the comparison table (CSV) and the per-layer figure."""
+                         n_boot: int, seed: int, out: Mapping[str, str], rows: Sequence[str] = (),
+                         outcomes: Sequence[str] = ()) -> pd.DataFrame:
+    """``report/entropy.md``, the comparison table (CSV) and the per-layer figure; with the update runs'
+    ``rows`` and ``outcomes`` (``entropy.arms``) also :func:`arms_report`'s tables and figure."""
     from workflow_scripts.io import write_text
     from workflow_scripts.reports.plotting import pyplot, save_figure
 
@@ -125,5 +232,7 @@ def write_entropy_report(tables: Sequence[str], coefficient_paths: Sequence[str]
                      f"{r.delta_hi:+.4f}] | {r.H_norm_mean:.4f} |")
     lines += ["", "The total's interval sits partly below its estimate: the entropy of a resampled mean is biased low; "
               "the bias largely cancels in the paired differences.", ""]
+    if rows:
+        lines += arms_report(rows, outcomes, n_boot, seed, out)
     write_text("\n".join(lines), out["summary"])
     return summary

@@ -72,7 +72,8 @@ def read_start(start: str | dict) -> tuple[dict, dict]:
     return start["before"], state
 
 
-HARNESS_INPUTS = ("model", "facts", "slices", "known", "start", "lr_rates")  # read by the harness itself
+HARNESS_INPUTS = ("model", "facts", "slices", "known", "start", "lr_rates",  # read by the harness itself
+                  "entropy_texts", "entropy_start")
 
 
 def method_inputs(inputs: dict) -> dict[str, str]:
@@ -82,11 +83,31 @@ def method_inputs(inputs: dict) -> dict[str, str]:
             for k, v in inputs.items() if k not in HARNESS_INPUTS and v}
 
 
+def entropy_arm(model, tok, inputs: dict, spec: dict) -> dict:
+    """The result's knowledge entropy columns (:mod:`workflow_scripts.entropy.arms`) on the texts of
+    input ``entropy_texts``, paired with the start's coefficients (``entropy_start``); {} without a spec."""
+    if not spec:
+        return {}
+    missing = [k for k in ("entropy_texts", "entropy_start") if not inputs.get(k)]
+    if missing:
+        raise ValueError(f"an entropy arm needs the inputs {missing}")
+    from workflow_scripts.entropy.arms import measure_arm
+    from workflow_scripts.entropy.experiment import load_coefficients
+
+    texts = pd.read_parquet(str(inputs["entropy_texts"])).text.tolist()
+    if "texts" in spec and len(texts) != int(spec["texts"]):
+        raise ValueError(f"{inputs['entropy_texts']} holds {len(texts)} texts, entropy.texts is {spec['texts']}")
+    start = load_coefficients(str(inputs["entropy_start"]))
+    return measure_arm(model, tok, texts, start, max_tokens=int(spec["max_tokens"]), n_boot=int(spec["bootstrap"]),
+                       seed=int(spec["seed"]))
+
+
 def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, out_curve: str,
-               out_items: str) -> dict:
+               out_items: str, entropy: dict | None = None) -> dict:
     """``job``: the run table's record (scenario, method, variant, fold, seed, params, curves,
     curve_every); ``inputs``: model, facts, slices, known, the start scores (``start``; computed here
-    when absent) and ``usage_<role>`` files the method needs."""
+    when absent), ``usage_<role>`` files the method needs and, with an ``entropy`` spec (texts,
+    max_tokens, bootstrap, seed), ``entropy_texts`` and ``entropy_start`` for :func:`entropy_arm`."""
     from workflow_scripts.models.loading import load_model
 
     s, m = scenario(job["scenario"]), method(job["method"])
@@ -119,7 +140,8 @@ def run_update(job: dict, inputs: dict[str, str], training: dict, out_row: str, 
     key = {"scenario": s.name, "paper": s.paper, "stage": s.stage, "method": m.name, "variant": job["variant"],
            "fold": int(job["fold"]), "seed": int(job["seed"])}
     columns = {"strategy": None, "oracle": False, **result.columns, "lr_tuned_ratio": tuned_ratio}
-    full_row = {**key, **columns, **row, **stats, "train_seconds": train_seconds}
+    arm = entropy_arm(result.model, tok, inputs, entropy or {})
+    full_row = {**key, **columns, **row, **stats, "train_seconds": train_seconds, **arm}
     write_parquet(pd.DataFrame([full_row]), out_row)
     write_parquet(pd.DataFrame(points).assign(**key, arm=columns["arm"], k=columns.get("k")), out_curve)
     write_parquet(items.assign(**key), out_items)

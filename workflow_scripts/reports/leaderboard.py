@@ -206,8 +206,35 @@ def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
         "p": [f"{p:.3g}" for p in pairs.p_value], "verdict": pairs.verdict})
 
 
+REMIX_INTRO = ("REMIX (report/remix.md): full fine-tuning memorises the stage-1 facts (stage 1, with or without "
+               "random-word rows mixed in), then trains on other data (stage 2: new facts, prose, code or arithmetic, "
+               "with or without generic prose mixed in). Kept: of the stage-1 facts known after stage 1, those "
+               "still known after stage 2; p: exact McNemar on the same facts against the cell one factor away "
+               "from the baseline (stage 1 without mixing, new facts without mixing).")
+
+
+def remix_table(metrics: pd.DataFrame, tests: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The REMIX cells as leaderboard rows: retention (kept), exact and generation exact match after stage 2."""
+    base = metrics.cell.iloc[0] if len(metrics) else None
+    p_of = {}
+    if tests is not None and len(tests):
+        p_of = {(t.set, t.cell): t.p_exact for t in tests.itertuples() if t.baseline == base}
+
+    def cell(r, label):
+        k, n = int(r[f"{label}_k"]), int(r[f"{label}_n"])
+        return "–" if not n else f"{k / n:.2f} [{r[f'{label}_lo']:.2f}, {r[f'{label}_hi']:.2f}] ({k}/{n})"
+
+    return pd.DataFrame({
+        "set": metrics.set, "stage 1": metrics.stage1, "stage 2": metrics.stage2, "stage-2 mixing": metrics.mixing,
+        "known after stage 1": [cell(r, "stage1_known") for _, r in metrics.iterrows()],
+        "kept after stage 2": [cell(r, "retention") for _, r in metrics.iterrows()],
+        "generation exact match": [cell(r, "generation") for _, r in metrics.iterrows()],
+        "p": ["ref" if r.cell == base else (f"{p_of[(r.set, r.cell)]:.2g}" if (r.set, r.cell) in p_of else "–")
+              for _, r in metrics.iterrows()]})
+
+
 def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
-             contrasts: pd.DataFrame | None = None, model: str = "") -> str:
+             contrasts: pd.DataFrame | None = None, model: str = "", remix: pd.DataFrame | None = None) -> str:
     lines = ["# Leaderboard", "", *([f"Model: {model}.", ""] if model else []),
              INTRO.format(ref=f"{reference['method']}/{reference['variant']}"), ""]
     for scenario, part in board.groupby("scenario", sort=False):
@@ -220,11 +247,14 @@ def markdown(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = 
     if contrasts is not None and len(contrasts):
         lines += ["## Neuron strategies against each other", "", CONTRASTS_INTRO, "",
                   contrasts_table(contrasts).to_markdown(index=False, disable_numparse=True), ""]
+    if remix is not None and len(remix):
+        lines += ["## REMIX: memorised facts after further training", "", REMIX_INTRO, "",
+                  remix.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
 def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None,
-         contrasts: pd.DataFrame | None = None, model: str = "") -> str:
+         contrasts: pd.DataFrame | None = None, model: str = "", remix: pd.DataFrame | None = None) -> str:
     """A self-contained HTML page of the leaderboard (the report shows it in place)."""
     import html as html_escape
 
@@ -243,6 +273,9 @@ def html(board: pd.DataFrame, reference: dict, pairs: pd.DataFrame | None = None
     if contrasts is not None and len(contrasts):
         parts += ["<h2>Neuron strategies against each other</h2>", f"<p>{html_escape.escape(CONTRASTS_INTRO)}</p>",
                   contrasts_table(contrasts).to_html(index=False, border=0)]
+    if remix is not None and len(remix):
+        parts += ["<h2>REMIX: memorised facts after further training</h2>", f"<p>{html_escape.escape(REMIX_INTRO)}</p>",
+                  remix.to_html(index=False, border=0)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -271,7 +304,8 @@ def plot_pareto(board: pd.DataFrame, dest: str) -> None:
 
 
 def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: dict, out: dict,
-                      model: str = "") -> pd.DataFrame:
+                      model: str = "", remix_paths: tuple[str, str] | None = None) -> pd.DataFrame:
+    """``remix_paths``: REMIX's cell metrics and paired tests (rule remix_report), shown as their own section."""
     rows = pd.concat([pd.read_parquet(p) for p in row_paths], ignore_index=True)
     items = pd.concat([pd.read_parquet(p) for p in item_paths], ignore_index=True)
     board = leaderboard(rows, items, reference)
@@ -280,8 +314,10 @@ def write_leaderboard(row_paths: list[str], item_paths: list[str], reference: di
     write_parquet(board, out["table"])
     with atomic_path(out["csv"]) as tmp:
         board.to_csv(tmp, index=False)
-    write_text(markdown(board, reference, pairs, contrasts, model), out["summary"])
+    remix = (remix_table(pd.read_parquet(remix_paths[0]), pd.read_parquet(remix_paths[1]))
+             if remix_paths else None)
+    write_text(markdown(board, reference, pairs, contrasts, model, remix), out["summary"])
     if "html" in out:
-        write_text(html(board, reference, pairs, contrasts, model), out["html"])
+        write_text(html(board, reference, pairs, contrasts, model, remix), out["html"])
     plot_pareto(board, out["pareto"])
     return board

@@ -42,6 +42,7 @@ class Run:
     tuned: bool = False  # lr_ratio is relative to the method's rate chosen in the lr_tuning scenario
     curve_every: int = 1  # curves: retention after every curve_every-th epoch (and the first learned one)
     metrics: tuple[str, ...] = ("exact_match", "counterfact", "locality")  # what the evaluator scores
+    entropy_arm: bool = False  # entropy.arms: the job also measures its result's knowledge entropy
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -77,6 +78,7 @@ def build_runs(config: dict) -> dict[tuple, Run]:
     defaults = config.get("methods", {})
     tune = bool(updates.get("tune_lr", False))
     metrics = tuple(updates.get("metrics", ("exact_match", "counterfact", "locality")))
+    arms = bool(config.get("entropy", {}).get("arms", False))
     if "exact_match" not in metrics:
         raise ValueError(f"updates.metrics {list(metrics)} must include exact_match (every row's headline)")
     runs: dict[tuple, Run] = {}
@@ -103,7 +105,7 @@ def build_runs(config: dict) -> dict[tuple, Run]:
                               dataclasses.asdict(params), bool(block.get("curves", False)),
                               tune and not s.tuning and "lr_ratio" in params_fields(m),
                               int(updates.get("curve_every", 1)) if block.get("curves", False) else 1,
-                              metrics)
+                              metrics, arms)
                     previous = runs.get(run.key)
                     if previous is not None and previous.params != run.params:
                         raise ValueError(f"{where}: two settings share the label {variant!r}: "
@@ -116,6 +118,18 @@ def build_runs(config: dict) -> dict[tuple, Run]:
             raise ValueError(f"updates.tune_lr is on, but updates.scenarios.{TUNING_SCENARIO} runs no "
                              f"{', '.join(untuned)}: add {'it' if len(untuned) == 1 else 'them'} there with an lr_ratio grid")
     return runs
+
+
+def check_entropy_arms(runs: dict[tuple, Run], checkpoints) -> None:
+    """With ``entropy.arms`` every run's start checkpoint must be measured (``entropy.checkpoints``): its
+    coefficients are the reference of the run's paired entropy difference. A ValueError otherwise."""
+    listed = set(checkpoints or ())
+    for run in runs.values():
+        tag = start_tag(run.scenario, run.fold)
+        if run.entropy_arm and tag not in listed:
+            raise ValueError(f"entropy.arms is on, but scenario {run.scenario} (fold {run.fold}) starts from checkpoint "
+                             f"{tag!r}, which entropy.checkpoints {sorted(listed)} does not list: add {tag!r} to "
+                             f"entropy.checkpoints or set entropy.arms: false")
 
 
 def params_fields(m) -> set[str]:
@@ -292,8 +306,9 @@ def challenges_job(config: dict) -> dict | None:
 
 def run_inputs(run: Run) -> dict[str, str]:
     """Input roles of a run (paths relative to the results folder): start checkpoint, facts, fold
-    slices, the known-before table, the start model's scores, and what the method needs (usage by
-    role, via the scenario)."""
+    slices, the known-before table, the start model's scores, what the method needs (usage by role, via
+    the scenario) and, with ``entropy_arm``, the entropy texts and the start checkpoint's coefficients
+    (``entropy_texts``, ``entropy_start``: read by the harness, not handed to the method)."""
     s = scenario(run.scenario)
     fold = f"stages/fold{run.fold}"
     usage = {"A": f"{fold}/usage_A.safetensors", "B": f"{fold}/usage_B.safetensors", "H": "usage/history_H.safetensors"}
@@ -316,6 +331,9 @@ def run_inputs(run: Run) -> dict[str, str]:
         inputs[f"usage_{role}"] = usage[s.usage[role]]
     if run.tuned:  # one file per family, so retuning one family reruns only its runs
         inputs["lr_rates"] = f"tuning/lr_{run.method}.json"
+    if run.entropy_arm:  # the result's entropy, paired with its start checkpoint's on the same texts
+        inputs["entropy_texts"] = "entropy/texts.parquet"
+        inputs["entropy_start"] = f"entropy/{start_tag(run.scenario, run.fold)}/coefficients.safetensors"
     return inputs
 
 

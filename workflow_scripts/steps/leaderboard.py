@@ -12,7 +12,8 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 def main(input, output, params, threads):
     write_leaderboard(list(input.rows), list(input.outcomes), dict(params.reference),
                       {k: getattr(output, k) for k in ("table", "csv", "html", "summary", "pareto")},
-                      getattr(params, "model", ""))
+                      getattr(params, "model", ""),
+                      (str(input.remix_metrics), str(input.remix_tests)) if hasattr(input, "remix_metrics") else None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from workflow_scripts.steps._runner import run_step  # noqa: E402
 
 def main(input, output, params, threads):
     inputs = {name: str(getattr(input, name)) for name in input.keys()}
-    run_update(dict(params.run), inputs, dict(params.training), output.row, output.curve, output.outcomes)
+    run_update(dict(params.run), inputs, dict(params.training), output.row, output.curve, output.outcomes,
+               entropy=dict(getattr(params, "entropy", None) or {}))
 
 
 if __name__ == "__main__":

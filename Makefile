@@ -29,7 +29,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 # (6 GB each): on 2 cores two one-thread jobs finish 17 % sooner than one two-thread job after the
 # other (30 vs 36 s a run). With a GPU the profile's gpu=1 runs one model job at a time.
 CPU_SLOTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || awk -v n=$$(nproc) '/MemAvailable/ {m = int($$2 / 6e6); print (m < n ? (m < 1 ? 1 : m) : n)}' /proc/meminfo)
-ONE_THREAD := update=1 update_start=1 editing_covariance=1 editing_layers=1 editing_sequential=1 merging_statistics=1 merging_rounds=1 merging_challenges=1 entropy_checkpoint=1 remix_stage=1
+ONE_THREAD := update=1 update_start=1 editing_covariance=1 editing_layers=1 editing_sequential=1 merging_statistics=1 merging_rounds=1 merging_challenges=1 entropy_checkpoint=1 remix_stage=1 history_usage=1 finetune_awareness=1 awareness_features=1 probe_familiarity=1
 RUN_FLAGS ?= $(if $(CPU_SLOTS),--resources gpu=$(CPU_SLOTS) --set-threads $(ONE_THREAD),)
 
 run: $(VENV)/.installed

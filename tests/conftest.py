@@ -111,6 +111,7 @@ def write_config(workdir: Path, model_dir: Path, **changes) -> None:
                   "kvr": {"n": 8, "key_chars": 3, "value_chars": 2, "epochs": 12}},
         "editing": {"layers": {"facts": 2, "samples": 1, "sweep": [0]}, "sequential": {"batch": 2, "stream": ["B"]}},
         "updates": {"folds": [0], "sizes": {"A": 6, "B": 4, "D": 2, "V": 2, "known_old": 6, "E": 4}, "old_epochs": 25,
+                    "curve_every": 2,
                     "tune_lr": True, "scenarios": {
             "lr_tuning": {"epochs": 25, "methods": {
                 "full": {"lr_ratio": [1.0, 3.0]}, "lora": {}, "neurons": {"strategy": "plastic", "k": 20}}},

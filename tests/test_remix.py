@@ -381,8 +381,7 @@ def test_generation_exact_match_decodes_greedily_from_the_prompt(tiny):
     family, model, tok = tiny
     if family != "llama":
         pytest.skip("one family is enough")
-    model = type(model)(model.config)
-    model.load_state_dict(tiny[1].state_dict())
+    model = _copy(model)
     prompts, targets = ["The capital of France is", "The capital of Spain is"], ["Paris.", "Madrid Madrid"]
     train(model, tok, prompts, targets, TrainConfig(lr=3e-3, epochs=60, batch_size=2))
     assert score_targets(model, tok, prompts, targets).correct.all()
@@ -393,28 +392,28 @@ def test_generation_exact_match_decodes_greedily_from_the_prompt(tiny):
     assert not wrong.any()
 
 
-def _kvr_rows(n, seed):
+def _kvr_halves(n, seed):
+    """Two halves of a small key-value set, as stage-1 and stage-2 facts."""
     records = kvr_records(n, 3, 2, seed=seed)
-    return records, fact_rows(records)
+    return (fact_rows(records, [r["case_id"] for r in records[: n // 2]]),
+            fact_rows(records, [r["case_id"] for r in records[n // 2:]]))
+
+
+def _copy(model):
+    other = type(model)(model.config)
+    other.load_state_dict(model.state_dict())
+    return other
 
 
 def test_each_stage2_cell_starts_from_the_same_stage1_weights(tiny):
     family, model, tok = tiny
     if family != "llama":
         pytest.skip("one family is enough")
-    records, rows = _kvr_rows(8, 1)
-    first = fact_rows(records, [r["case_id"] for r in records[:4]])
-    second = fact_rows(records, [r["case_id"] for r in records[4:]])
+    first, second = _kvr_halves(8, 1)
     cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=4)
-
-    def fresh():
-        m = type(model)(model.config)
-        m.load_state_dict(model.state_dict())
-        return m
-
     cells = [Cell("none", "facts", "generic"), Cell("none", "arithmetic", "none"), Cell("none", "facts", "none")]
-    both, stages = run_stage1_arm(fresh(), tok, "kvr", "none", cells, first, second, cfg, cfg, ratio=1.0, fold=0)
-    alone, _ = run_stage1_arm(fresh(), tok, "kvr", "none", cells[-1:], first, second, cfg, cfg, ratio=1.0, fold=0)
+    both, stages = run_stage1_arm(_copy(model), tok, "kvr", "none", cells, first, second, cfg, cfg, ratio=1.0, fold=0)
+    alone, _ = run_stage1_arm(_copy(model), tok, "kvr", "none", cells[-1:], first, second, cfg, cfg, ratio=1.0, fold=0)
     assert both.cell.value_counts().to_dict() == {AFTER_STAGE1: 4, **{c.name: 4 for c in cells}}
     last = both[both.cell == "none/facts/none"].reset_index(drop=True)
     same = alone[alone.cell == "none/facts/none"].reset_index(drop=True)
@@ -461,18 +460,13 @@ def test_a_reused_cell_scores_the_saved_model_instead_of_training(tiny, tmp_path
     family, model, tok = tiny
     if family != "llama":
         pytest.skip("one family is enough")
-    records, _ = _kvr_rows(8, 2)
-    first = fact_rows(records, [r["case_id"] for r in records[:4]])
-    second = fact_rows(records, [r["case_id"] for r in records[4:]])
+    first, second = _kvr_halves(8, 2)
     cfg = TrainConfig(lr=3e-3, epochs=3, batch_size=4)
-    trained = type(model)(model.config)
-    trained.load_state_dict(model.state_dict())
+    trained = _copy(model)
     train(trained, tok, list(second.prompts), list(second.targets), cfg)
     trained.save_pretrained(tmp_path / "ab")
-    start = type(model)(model.config)
-    start.load_state_dict(model.state_dict())
     cell = Cell("none", "facts", "none")
-    outcomes, stages = run_stage1_arm(start, tok, "kvr", "none", [cell], first, second, None, cfg, ratio=1.0, fold=0,
+    outcomes, stages = run_stage1_arm(_copy(model), tok, "kvr", "none", [cell], first, second, None, cfg, ratio=1.0, fold=0,
                                       reused={cell.name: str(tmp_path / "ab")})
     expected = score_targets(trained, tok, list(first.prompts), list(first.targets))
     got = outcomes[outcomes.cell == cell.name].reset_index(drop=True)
